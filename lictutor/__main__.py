@@ -1,0 +1,5 @@
+import sys
+
+from lictutor.cli import main
+
+sys.exit(main())

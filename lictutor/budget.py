@@ -1,0 +1,90 @@
+"""Compute budgets: one notebook, three sizes of run.
+
+Every chapter reads its knobs (training steps, crop size, batch, channel widths, λ values,
+evaluation images) from the active :class:`Budget`, so the same notebook runs
+
+* ``smoke``: in CI, each chapter in under 2 minutes on 2 CPU cores (checks that it runs);
+* ``cpu``: the published outputs, each chapter within about 45 minutes on 2 CPU cores,
+  still large enough to show the paper's claim;
+* ``full``: paper-scale settings for a GPU.
+
+The budget is chosen by ``LICTUTOR_BUDGET`` if set; otherwise ``smoke`` when ``CI=true``,
+``full`` when CUDA is available, and ``cpu`` without it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, replace
+
+from lictutor.errors import LictutorError
+
+__all__ = ["Budget", "BUDGETS", "get_budget", "budget_name"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The knobs a chapter may turn. Chapters use the fields they need and ignore the rest."""
+
+    name: str
+    steps: int  #: optimizer steps per trained model
+    batch: int  #: crops per step
+    crop: int  #: side of the square training crops (a multiple of 64)
+    N: int  #: channels of the transforms' hidden layers
+    M: int  #: channels of the latent y
+    lmbdas: tuple[float, ...]  #: rate–distortion trade-offs λ, one model each
+    lr: float  #: peak learning rate
+    eval_images: int | None  #: how many evaluation images (None: all)
+    eval_size: int | None  #: centre-crop side of evaluation images (None: full image)
+    codec_points: int  #: quality settings per classical codec
+    seeds: int  #: repetitions where a chapter reports mean and spread
+
+    def with_(self, **changes) -> "Budget":
+        """A copy with some knobs changed, e.g. ``budget.with_(steps=100)``."""
+        return replace(self, **changes)
+
+    def describe(self) -> str:
+        """One line per knob, for printing at the top of a notebook."""
+        return "\n".join(f"{k:>12}: {v}" for k, v in asdict(self).items())
+
+
+BUDGETS: dict[str, Budget] = {
+    "smoke": Budget(
+        name="smoke", steps=20, batch=2, crop=64, N=16, M=24, lmbdas=(0.0067, 0.0483),
+        lr=1e-3, eval_images=1, eval_size=256, codec_points=4, seeds=1,
+    ),
+    "cpu": Budget(
+        name="cpu", steps=3000, batch=16, crop=128, N=64, M=96,
+        lmbdas=(0.0018, 0.0035, 0.0067, 0.013, 0.025),
+        lr=2e-3, eval_images=None, eval_size=None, codec_points=8, seeds=3,
+    ),
+    "full": Budget(
+        name="full", steps=500_000, batch=16, crop=256, N=128, M=192,
+        lmbdas=(0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800),
+        lr=1e-4, eval_images=None, eval_size=None, codec_points=10, seeds=5,
+    ),
+}
+
+
+def budget_name() -> str:
+    """The name of the active budget, following the rule in the module docstring."""
+    name = os.environ.get("LICTUTOR_BUDGET", "").strip().lower()
+    if name:
+        if name not in BUDGETS:
+            raise LictutorError(
+                f"LICTUTOR_BUDGET={name!r} is not a budget; choose one of {', '.join(BUDGETS)}"
+            )
+        return name
+    if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
+        return "smoke"
+    import torch  # imported here so that `import lictutor` stays light
+
+    return "full" if torch.cuda.is_available() else "cpu"
+
+
+def get_budget(name: str | None = None) -> Budget:
+    """The budget called ``name``, or the active one when ``name`` is None."""
+    name = budget_name() if name is None else name
+    if name not in BUDGETS:
+        raise LictutorError(f"unknown budget {name!r}; choose one of {', '.join(BUDGETS)}")
+    return BUDGETS[name]

@@ -1,0 +1,169 @@
+"""Building blocks of the transforms: GDN / IGDN and the conv / deconv helpers.
+
+Written from scratch in plain PyTorch, but with CompressAI's module, parameter and
+buffer names, so that a CompressAI ``GDN`` state dict loads into ours and back::
+
+    beta, gamma,
+    beta_reparam.pedestal, beta_reparam.lower_bound.bound,
+    gamma_reparam.pedestal, gamma_reparam.lower_bound.bound
+
+The tests check outputs and gradients against ``compressai.layers.GDN``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "LowerBoundFunction",
+    "LowerBound",
+    "NonNegativeParametrizer",
+    "GDN",
+    "conv",
+    "deconv",
+]
+
+
+class LowerBoundFunction(torch.autograd.Function):
+    """``max(x, bound)`` whose gradient does not die below the bound.
+
+    The true derivative of ``max(x, bound)`` is 0 for ``x < bound``: a parameter that
+    fell below its bound would be stuck there forever. Instead (as in Ballé's
+    tensorflow-compression ``lower_bound`` op) the gradient passes through when ``x``
+    is at/above the bound, *or* when the gradient would push ``x`` up (``grad < 0``,
+    since the optimizer steps along ``-grad``). It is blocked only when it would push
+    ``x`` further below the bound.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, bound: Tensor) -> Tensor:
+        ctx.save_for_backward(x, bound)
+        return torch.max(x, bound)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        x, bound = ctx.saved_tensors
+        pass_through = (x >= bound) | (grad_output < 0)
+        return pass_through * grad_output, None
+
+
+class LowerBound(nn.Module):
+    """Module form of :class:`LowerBoundFunction`; the bound is a buffer ``bound``."""
+
+    bound: Tensor
+
+    def __init__(self, bound: float):
+        super().__init__()
+        self.register_buffer("bound", torch.tensor([float(bound)]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return LowerBoundFunction.apply(x, self.bound)
+
+
+class NonNegativeParametrizer(nn.Module):
+    """Store a parameter ``p >= minimum`` as ``s`` with ``p = max(s, b)**2 - pedestal``.
+
+    Ballé, Laparra & Simoncelli (2016), sec. 3 / appendix: optimizing ``sqrt(p)``
+    instead of ``p`` makes the gradient steps near zero small, and the lower bound
+    ``b = sqrt(minimum + pedestal)`` keeps ``p >= minimum``. The small pedestal
+    (``reparam_offset**2 = 2**-36``) keeps the square root away from 0, where its
+    derivative blows up. ``init(p)`` is the inverse map, used to store initial values.
+    """
+
+    pedestal: Tensor
+
+    def __init__(self, minimum: float = 0.0, reparam_offset: float = 2**-18):
+        super().__init__()
+        self.minimum = float(minimum)
+        self.reparam_offset = float(reparam_offset)
+        pedestal = self.reparam_offset**2
+        self.register_buffer("pedestal", torch.tensor([pedestal]))
+        self.lower_bound = LowerBound((self.minimum + pedestal) ** 0.5)
+
+    def init(self, p: Tensor) -> Tensor:
+        """The stored value ``s`` for a desired (non-negative) value ``p``."""
+        return torch.sqrt(torch.max(p + self.pedestal, self.pedestal))
+
+    def forward(self, s: Tensor) -> Tensor:
+        return self.lower_bound(s) ** 2 - self.pedestal
+
+
+class GDN(nn.Module):
+    r"""Generalized divisive normalization (and its approximate inverse, IGDN).
+
+    Ballé, Laparra & Simoncelli (2016), "Density modeling of images using a
+    generalized normalization transformation", eq. (1) with exponents 2 and 1/2, as
+    used in Ballé et al. 2017 (eq. 4) and 2018:
+
+    .. math::
+        y_i = \frac{x_i}{\sqrt{\beta_i + \sum_j \gamma_{ij} x_j^2}}
+        \qquad\text{(GDN)},\qquad
+        \hat x_i = y_i \sqrt{\beta_i + \sum_j \gamma_{ij} y_j^2}
+        \qquad\text{(IGDN, one fixed-point step of the inverse)}.
+
+    The sum over channels ``j`` at each pixel is a 1x1 convolution of ``x**2`` with
+    weight ``gamma`` and bias ``beta``. ``beta`` (init 1, kept ``>= beta_min``) and
+    ``gamma`` (init ``gamma_init * I``, kept ``>= 0``) are stored through
+    :class:`NonNegativeParametrizer`.
+
+    Args:
+        in_channels: number of channels C of the input (B, C, H, W).
+        inverse: IGDN (multiply by the norm) instead of GDN (divide by it).
+        beta_min: lower bound on beta, keeps the denominator away from 0.
+        gamma_init: initial value of the diagonal of gamma.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        inverse: bool = False,
+        beta_min: float = 1e-6,
+        gamma_init: float = 0.1,
+    ):
+        super().__init__()
+        self.inverse = bool(inverse)
+
+        # Registration order (beta, gamma, beta_reparam, gamma_reparam) gives the same
+        # state-dict key order as CompressAI.
+        self.beta_reparam = NonNegativeParametrizer(minimum=float(beta_min))
+        self.beta = nn.Parameter(self.beta_reparam.init(torch.ones(in_channels)))
+
+        self.gamma_reparam = NonNegativeParametrizer()
+        gamma = float(gamma_init) * torch.eye(in_channels)
+        self.gamma = nn.Parameter(self.gamma_reparam.init(gamma))
+
+    def forward(self, x: Tensor) -> Tensor:
+        C = x.size(1)
+        beta = self.beta_reparam(self.beta)  # (C,)
+        gamma = self.gamma_reparam(self.gamma)  # (C, C): gamma[i, j] weighs x_j^2 for y_i
+        norm = F.conv2d(x**2, gamma.reshape(C, C, 1, 1), beta)  # beta_i + sum_j gamma_ij x_j^2
+        if self.inverse:
+            return x * torch.sqrt(norm)
+        return x * torch.rsqrt(norm)
+
+    def extra_repr(self) -> str:
+        return f"{self.beta.numel()}, inverse={self.inverse}"
+
+
+def conv(in_channels: int, out_channels: int, kernel_size: int = 5, stride: int = 2) -> nn.Conv2d:
+    """Strided convolution with "same" padding: (H, W) -> (H/stride, W/stride)."""
+    return nn.Conv2d(
+        in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2
+    )
+
+
+def deconv(
+    in_channels: int, out_channels: int, kernel_size: int = 5, stride: int = 2
+) -> nn.ConvTranspose2d:
+    """Transposed convolution, the mirror of :func:`conv`: (H, W) -> (H*stride, W*stride)."""
+    return nn.ConvTranspose2d(
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=stride,
+        padding=kernel_size // 2,
+        output_padding=stride - 1,
+    )

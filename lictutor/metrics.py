@@ -1,0 +1,192 @@
+"""Image quality, rate and rate–distortion comparison metrics.
+
+- :func:`psnr`, :func:`ms_ssim`: distortion between an image and its reconstruction,
+  computed like CompressAI's ``psnr-rgb`` and ``ms-ssim-rgb``.
+- :func:`bpp_from_bytes`, :func:`bpp_from_likelihoods`: rate in bits per pixel, from a real
+  bitstream or from a model's likelihoods (the estimate used during training).
+- :func:`bd_rate`, :func:`bd_psnr`: Bjøntegaard deltas between two rate–distortion curves.
+
+Images are either NumPy arrays, channel-last (``H×W×3``), or PyTorch tensors, channel-first
+(``3×H×W`` or ``N×3×H×W``). ``uint8`` images are on the 0–255 scale; float images on 0–1.
+"""
+
+import math
+
+import numpy as np
+import torch
+from pytorch_msssim import ms_ssim as _ms_ssim
+from scipy.interpolate import Akima1DInterpolator, PchipInterpolator
+
+from lictutor.errors import LictutorError
+
+MS_SSIM_MIN_SIDE = 161  # 5 scales, 11×11 window: the smallest side must exceed (11 - 1) · 2⁴
+BD_METHODS = ("akima", "pchip", "cubic")
+
+
+def _as_tensor(x):
+    """Return ``x`` as a float64 tensor and the peak value of its scale (255 or 1)."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, torch.Tensor):
+        raise LictutorError(f"expected a NumPy array or a torch tensor, got {type(x).__name__}")
+    peak = 255.0 if x.dtype == torch.uint8 else 1.0
+    return x.detach().double(), peak
+
+
+def psnr(a, b, peak=None):
+    """Peak signal-to-noise ratio in dB, ``10·log10(peak² / MSE)``.
+
+    The MSE runs over all pixels and all three channels (CompressAI's ``psnr-rgb``). ``peak``
+    defaults to 255 for ``uint8`` inputs and 1 for float inputs. A 4-D input is a batch: the
+    result is then the mean of the per-image PSNRs (not the PSNR of the batch MSE). Identical
+    images give ``inf``.
+    """
+    x, peak_a = _as_tensor(a)
+    y, peak_b = _as_tensor(b)
+    if x.shape != y.shape:
+        raise LictutorError(f"psnr needs images of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if peak_a != peak_b:
+        raise LictutorError("psnr got one uint8 image (0–255) and one float image (0–1); convert one of them")
+    peak = peak_a if peak is None else float(peak)
+    dims = tuple(range(1, x.dim())) if x.dim() == 4 else tuple(range(x.dim()))
+    mse = ((x - y) ** 2).mean(dim=dims)
+    values = 10 * torch.log10(peak**2 / mse)  # mse = 0 gives inf
+    return values.mean().item()
+
+
+def _as_nchw(x):
+    """Return an image or batch as an ``N×3×H×W`` float tensor on the 0–1 scale."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+        x = x.permute(2, 0, 1) if x.dim() == 3 else x.permute(0, 3, 1, 2)  # channel-last → first
+    if not isinstance(x, torch.Tensor):
+        raise LictutorError(f"expected a NumPy array or a torch tensor, got {type(x).__name__}")
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise LictutorError(f"expected an H×W×3 array or a 3×H×W / N×3×H×W tensor, got shape {tuple(x.shape)}")
+    return x.float() / 255 if x.dtype == torch.uint8 else x.float()
+
+
+def ms_ssim(a, b):
+    """Multi-scale SSIM (Wang et al., 2003) on the 0–1 scale, via ``pytorch_msssim``.
+
+    Five scales with an 11×11 Gaussian window, so the smaller image side must be at least
+    161 pixels. For a batch the result is the mean over images. NumPy inputs give a float;
+    tensor inputs give a 0-dim tensor that carries gradients, so ``1 − ms_ssim(x_hat, x)``
+    is a training loss.
+    """
+    x, y = _as_nchw(a), _as_nchw(b)
+    if x.shape != y.shape:
+        raise LictutorError(f"ms_ssim needs images of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if min(x.shape[-2:]) < MS_SSIM_MIN_SIDE:
+        raise LictutorError(
+            f"ms_ssim needs images at least {MS_SSIM_MIN_SIDE} pixels on each side "
+            f"(5 scales of an 11×11 window), got {x.shape[-2]}×{x.shape[-1]}"
+        )
+    value = _ms_ssim(x, y, data_range=1.0)
+    return value.item() if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) else value
+
+
+def bpp_from_bytes(num_bytes, height, width):
+    """Bits per pixel of a real bitstream: ``8 · num_bytes / (height · width)``."""
+    if height <= 0 or width <= 0:
+        raise LictutorError(f"image size must be positive, got {height}×{width}")
+    return 8 * num_bytes / (height * width)
+
+
+def bpp_from_likelihoods(likelihoods, num_pixels):
+    """Estimated bits per pixel from a model's likelihoods: ``Σ −log2(p) / num_pixels``.
+
+    ``likelihoods`` is a tensor or a dict of tensors (CompressAI's ``out["likelihoods"]``,
+    e.g. ``{"y": ..., "z": ...}``); the sum runs over all of them, as in CompressAI's
+    ``RateDistortionLoss``. Differentiable: use it as the rate term of the loss.
+    """
+    if num_pixels <= 0:
+        raise LictutorError(f"num_pixels must be positive, got {num_pixels}")
+    tensors = likelihoods.values() if isinstance(likelihoods, dict) else [likelihoods]
+    return sum(torch.log(p).sum() / (-math.log(2) * num_pixels) for p in tensors)
+
+
+def _curve(rate, dist, which, min_points):
+    """Validate one rate–distortion curve; return (rate, dist) as arrays sorted by rate."""
+    rate = np.asarray(rate, dtype=np.float64).ravel()
+    dist = np.asarray(dist, dtype=np.float64).ravel()
+    if rate.size != dist.size:
+        raise LictutorError(f"{which} curve has {rate.size} rates but {dist.size} distortion values")
+    if rate.size < min_points:
+        raise LictutorError(f"{which} curve has {rate.size} points; this method needs at least {min_points}")
+    if not (np.all(np.isfinite(rate)) and np.all(np.isfinite(dist)) and np.all(rate > 0)):
+        raise LictutorError(f"{which} curve needs finite values and positive rates, got rate={rate}, dist={dist}")
+    order = np.argsort(rate)
+    rate, dist = rate[order], dist[order]
+    if np.any(np.diff(rate) <= 0) or np.any(np.diff(dist) <= 0):
+        raise LictutorError(
+            f"{which} curve is not monotonic: quality must rise strictly with rate, got rate={rate}, dist={dist}"
+        )
+    return rate, dist
+
+
+def _mean_gap(x_anchor, y_anchor, x_test, y_test, method):
+    """Mean of ``y_test(x) − y_anchor(x)`` over the overlap of the two ``x`` ranges.
+
+    Each curve ``y(x)`` is interpolated (Akima or PCHIP) or fitted by a cubic polynomial
+    (VCEG-M33), then integrated exactly: ``(1 / (x_H − x_L)) ∫ [y_test − y_anchor] dx``.
+    """
+    lo = max(x_anchor.min(), x_test.min())
+    hi = min(x_anchor.max(), x_test.max())
+    if hi <= lo:
+        raise LictutorError(
+            f"the curves do not overlap: anchor spans [{x_anchor.min():.4g}, {x_anchor.max():.4g}], "
+            f"test spans [{x_test.min():.4g}, {x_test.max():.4g}]"
+        )
+
+    def integral(x, y):
+        if method == "cubic":
+            antiderivative = np.polyint(np.polyfit(x, y, 3))
+            return np.polyval(antiderivative, hi) - np.polyval(antiderivative, lo)
+        interpolator = Akima1DInterpolator if method == "akima" else PchipInterpolator
+        return interpolator(x, y).integrate(lo, hi)
+
+    return float(integral(x_test, y_test) - integral(x_anchor, y_anchor)) / (hi - lo)
+
+
+def _bd_curves(rate_anchor, dist_anchor, rate_test, dist_test, method):
+    if method not in BD_METHODS:
+        raise LictutorError(f"unknown BD interpolation method {method!r}; choose one of {', '.join(BD_METHODS)}")
+    min_points = 4 if method == "cubic" else 2
+    return (
+        *_curve(rate_anchor, dist_anchor, "anchor", min_points),
+        *_curve(rate_test, dist_test, "test", min_points),
+    )
+
+
+def bd_rate(rate_anchor, dist_anchor, rate_test, dist_test, method="akima"):
+    """Bjøntegaard delta rate in percent: the average rate difference at equal quality.
+
+    ``ΔR = exp( (1 / (D_H − D_L)) ∫ [ln R_test(D) − ln R_anchor(D)] dD ) − 1``, over the
+    quality range ``[D_L, D_H]`` both curves cover. Negative means the test codec needs fewer
+    bits. ``dist_*`` is a quality where higher is better (PSNR in dB, MS-SSIM in dB); the rate
+    unit does not matter. ``method`` interpolates ``ln R`` as a function of ``D``:
+
+    - ``"akima"`` (default): Akima spline, the most stable choice (Herglotz et al., ICIP 2022);
+    - ``"pchip"``: piecewise cubic Hermite, as in the JCT-VC/JVET common test conditions sheets;
+    - ``"cubic"``: one least-squares cubic polynomial, the original VCEG-M33 method.
+
+    Each curve needs at least 4 points for ``"cubic"`` and 2 for the others (4 or more make
+    the number trustworthy), positive rates, and quality rising strictly with rate.
+    """
+    rate_anchor, dist_anchor, rate_test, dist_test = _bd_curves(rate_anchor, dist_anchor, rate_test, dist_test, method)
+    gap = _mean_gap(dist_anchor, np.log(rate_anchor), dist_test, np.log(rate_test), method)
+    return (math.exp(gap) - 1) * 100
+
+
+def bd_psnr(rate_anchor, dist_anchor, rate_test, dist_test, method="akima"):
+    """Bjøntegaard delta quality (dB for PSNR): the average quality difference at equal rate.
+
+    ``ΔD = (1 / (r_H − r_L)) ∫ [D_test(r) − D_anchor(r)] dr`` with ``r = ln R``, over the
+    log-rate range both curves cover. Positive means the test codec is better. Same inputs,
+    methods and checks as :func:`bd_rate`.
+    """
+    rate_anchor, dist_anchor, rate_test, dist_test = _bd_curves(rate_anchor, dist_anchor, rate_test, dist_test, method)
+    return _mean_gap(np.log(rate_anchor), dist_anchor, np.log(rate_test), dist_test, method)

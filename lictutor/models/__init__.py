@@ -1,0 +1,27 @@
+"""Learned image codecs, written from scratch with CompressAI-compatible state dicts.
+
+``create(name, **kwargs)`` builds a model by its name in :data:`MODELS` (the names
+the trainer and checkpoints use).
+"""
+
+from lictutor.errors import LictutorError
+from lictutor.models.base import CompressionModel
+from lictutor.models.factorized import FactorizedPrior, FactorizedPrior2017
+
+__all__ = ["CompressionModel", "FactorizedPrior", "FactorizedPrior2017", "MODELS", "create"]
+
+#: name -> model class
+MODELS = {
+    "factorized": FactorizedPrior,  # Ballé et al. 2018 (CompressAI "bmshj2018-factorized")
+    "factorized2017": FactorizedPrior2017,  # Ballé et al. 2017
+}
+
+
+def create(name: str, **kwargs) -> CompressionModel:
+    """A new, randomly initialized model: ``create("factorized", N=128, M=192)``."""
+    if name not in MODELS:
+        raise LictutorError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
+    try:
+        return MODELS[name](**kwargs)
+    except TypeError as err:
+        raise LictutorError(f"bad arguments for model {name!r}: {err}") from None

@@ -1,0 +1,72 @@
+"""`CompressionModel`: what every learned codec here shares.
+
+Mirrors CompressAI's ``compressai.models.CompressionModel`` (same method names), so
+its checkpoints load: ``aux_loss()``, ``update()``, and a ``load_state_dict`` that
+copes with the CDF tables' data-dependent sizes and with old parameter names.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from typing import Mapping
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from lictutor.entropy import EntropyBottleneck, EntropyModel
+
+__all__ = ["CompressionModel"]
+
+# CompressAI < 1.1 stored the entropy bottleneck's parameters as "_matrix0", ...;
+# the published checkpoints still use those names.
+_OLD_KEY = re.compile(r"^(?P<module>.*)\._(?P<kind>matrix|bias|factor)(?P<i>\d+)$")
+_NEW_NAME = {"matrix": "matrices", "bias": "biases", "factor": "factors"}
+
+
+class CompressionModel(nn.Module):
+    """Base class for models with one or more entropy models.
+
+    Subclasses define ``forward(x) -> {"x_hat", "likelihoods"}``, ``compress(x)`` and
+    ``decompress(strings, shape)``.
+    """
+
+    #: total down-sampling of the analysis transform; pad inputs to a multiple of it.
+    downsampling_factor: int = 16
+
+    def aux_loss(self) -> Tensor:
+        """Sum of the entropy bottlenecks' quantile losses (train with its own optimizer,
+        on the ``quantiles`` parameters only)."""
+        losses = [m.loss() for m in self.modules() if isinstance(m, EntropyBottleneck)]
+        return sum(losses) if losses else torch.zeros(())
+
+    def update(self, force: bool = False, update_quantiles: bool = False) -> bool:
+        """Build the CDF tables of every entropy model; True if any was (re)built.
+
+        Not needed before ``compress``, which rebuilds stale tables itself; call it to
+        choose *when* the cost is paid, or with ``force=True`` to rebuild regardless.
+        """
+        updated = False
+        for m in self.modules():
+            if isinstance(m, EntropyBottleneck):
+                updated |= m.update(force=force, update_quantiles=update_quantiles)
+            elif isinstance(m, EntropyModel):
+                updated |= m.update(force=force)
+        return updated
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Tensor], strict: bool = True, assign: bool = False
+    ):
+        """``nn.Module.load_state_dict`` that also accepts CompressAI's old key names.
+
+        (Resizing of the CDF-table buffers happens in ``EntropyModel`` itself.)
+        """
+        bottlenecks = {n for n, m in self.named_modules() if isinstance(m, EntropyBottleneck)}
+        renamed = OrderedDict()
+        for key, value in state_dict.items():
+            old = _OLD_KEY.match(key)
+            if old and old["module"] in bottlenecks:
+                key = f"{old['module']}.{_NEW_NAME[old['kind']]}.{old['i']}"
+            renamed[key] = value
+        return super().load_state_dict(renamed, strict=strict, assign=assign)

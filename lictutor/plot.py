@@ -1,0 +1,142 @@
+"""Rate–distortion plots and side-by-side crops, in one style for the whole book.
+
+Curves are results in CompressAI's JSON schema (see :mod:`lictutor.results`):
+``{"name": ..., "results": {"bpp": [...], "psnr-rgb": [...], "ms-ssim-rgb": [...]}}``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+__all__ = ["rd_plot", "rd_figure", "show_crops", "msssim_db", "style_for"]
+
+# Fixed colours and markers, so that a codec looks the same in every chapter.
+_STYLES = {
+    "jpeg": ("#7f7f7f", "o"),
+    "jpeg2000": ("#8c564b", "s"),
+    "jpeg 2000": ("#8c564b", "s"),
+    "webp": ("#2ca02c", "^"),
+    "avif": ("#9467bd", "v"),
+    "hevc": ("#ff7f0e", "D"),
+    "bpg": ("#ff7f0e", "D"),
+    "jpeg xl": ("#17becf", "P"),
+    "jxl": ("#17becf", "P"),
+    "vtm": ("#000000", "*"),
+}
+_CYCLE = ["#1f77b4", "#d62728", "#e377c2", "#bcbd22", "#393b79", "#637939", "#843c39"]
+
+METRIC_LABELS = {
+    "psnr-rgb": "PSNR (RGB) [dB]",
+    "ms-ssim-rgb": "MS-SSIM [dB]",
+}
+
+
+def msssim_db(value):
+    """MS-SSIM on a decibel scale, :math:`-10 \\log_{10}(1 - \\text{MS-SSIM})`.
+
+    Spreads out the values near 1 where codecs differ, as CompressAI's plots do.
+    """
+    value = np.asarray(value, dtype=float)
+    return -10 * np.log10(np.clip(1 - value, 1e-12, None))
+
+
+def style_for(name: str, index: int = 0) -> tuple[str, str]:
+    """(colour, marker) for a curve: fixed for classical codecs, a cycle for the rest."""
+    key = name.lower()
+    for prefix in sorted(_STYLES, key=len, reverse=True):  # "jpeg 2000" before "jpeg"
+        style = _STYLES[prefix]
+        if key == prefix or key.startswith(prefix + " ") or key.startswith(prefix + "-"):
+            return style
+    return _CYCLE[index % len(_CYCLE)], "o"
+
+
+def _xy(result: dict, metric: str):
+    res = result["results"]
+    if metric not in res:
+        return None
+    x, y = np.asarray(res["bpp"], float), np.asarray(res[metric], float)
+    if metric == "ms-ssim-rgb":
+        y = msssim_db(y)
+    order = np.argsort(x)
+    return x[order], y[order]
+
+
+def rd_plot(
+    results: Iterable[dict],
+    metric: str = "psnr-rgb",
+    ax=None,
+    reference: Iterable[dict] = (),
+    max_bpp: float | None = None,
+    title: str | None = None,
+):
+    """Plot distortion against bits per pixel for several codecs on one axis.
+
+    ``results`` are drawn as solid lines with markers; ``reference`` curves (e.g. published
+    results on another data set) as thin dashed lines, labelled as such by their names.
+    Returns the axis.
+    """
+    ax = ax or plt.gca()
+    for i, result in enumerate(results):
+        xy = _xy(result, metric)
+        if xy is None:
+            continue
+        colour, marker = style_for(result["name"], i)
+        ax.plot(*xy, marker=marker, color=colour, label=result["name"], lw=1.8, ms=5)
+    for i, result in enumerate(reference):
+        xy = _xy(result, metric)
+        if xy is None:
+            continue
+        colour, _ = style_for(result["name"], i + 3)
+        ax.plot(*xy, ls="--", lw=1, color=colour, alpha=0.7, label=result["name"])
+    ax.set_xlabel("bits per pixel (bpp)")
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    if max_bpp is not None:
+        ax.set_xlim(0, max_bpp)
+    ax.grid(True, alpha=0.3)
+    if ax.get_lines():
+        ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def rd_figure(results: Sequence[dict], reference: Sequence[dict] = (), max_bpp=None, suptitle=None):
+    """PSNR and MS-SSIM rate–distortion curves side by side; returns the figure."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    rd_plot(results, "psnr-rgb", axes[0], reference, max_bpp)
+    rd_plot(results, "ms-ssim-rgb", axes[1], reference, max_bpp)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def show_crops(
+    images: Sequence[tuple[str, np.ndarray]],
+    box: tuple[int, int, int, int] | None = None,
+    ncols: int | None = None,
+    size: float = 3.2,
+):
+    """Show the same region of several images side by side, titled by their labels.
+
+    ``images`` are (label, uint8 H×W×3 array) pairs, e.g. the original and each codec's
+    reconstruction at a matched rate; ``box`` is (top, left, height, width) in pixels
+    (default: the whole image). Returns the figure.
+    """
+    ncols = ncols or min(len(images), 4)
+    nrows = math.ceil(len(images) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (label, img) in zip(axes.flat, images):
+        if box is not None:
+            top, left, h, w = box
+            img = img[top : top + h, left : left + w]
+        ax.imshow(img, interpolation="nearest")
+        ax.set_title(label, fontsize=9)
+    fig.tight_layout()
+    return fig

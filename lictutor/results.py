@@ -1,0 +1,119 @@
+"""Rate–distortion results as JSON files in CompressAI's eval schema.
+
+One result is ``{"name": str, "description": str, "results": {"bpp": [...], "psnr-rgb": [...],
+"ms-ssim-rgb": [...], ...}}``: one list entry per rate point, all lists the same length. This is
+what ``compressai.utils.eval_model`` and :func:`lictutor.codecs.evaluate_codec` write, and what
+CompressAI publishes in ``results/image/kodak/``; the published Kodak curves ship with lictutor
+(:func:`anchor`).
+"""
+
+import json
+import math
+import numbers
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+
+from lictutor.errors import LictutorError
+
+_ANCHORS = files("lictutor") / "anchors"
+
+
+def _plain(number):
+    """A JSON-friendly Python int or float from any real number (NumPy scalars included)."""
+    return int(number) if isinstance(number, numbers.Integral) else float(number)
+
+
+def _normalize(result, source):
+    """Check one result against the schema and return a clean copy with plain-number lists.
+
+    ``null`` becomes NaN; a single number becomes a one-point list (``eval_model`` writes those
+    for one checkpoint); a missing ``ms-ssim-rgb`` is derived from ``ms-ssim-db-rgb`` as
+    ``1 − 10^(−dB/10)``. Other keys (``"meta"``, ``"per_image"``) pass through unchanged.
+    """
+    if not isinstance(result, dict) or not isinstance(result.get("name"), str):
+        raise LictutorError(f"{source}: a result must be an object with a string 'name'")
+    curves = result.get("results")
+    if not isinstance(curves, dict) or "bpp" not in curves or "psnr-rgb" not in curves:
+        raise LictutorError(f"{source}: result {result['name']!r} needs 'results' with 'bpp' and 'psnr-rgb' lists")
+    clean = {}
+    for key, values in curves.items():
+        if isinstance(values, np.ndarray):
+            values = values.tolist()
+        elif not isinstance(values, (list, tuple)):
+            values = [values]
+        if not all(v is None or isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
+            raise LictutorError(f"{source}: 'results.{key}' of {result['name']!r} must hold numbers")
+        clean[key] = [math.nan if v is None else _plain(v) for v in values]
+    if "ms-ssim-rgb" not in clean and "ms-ssim-db-rgb" in clean:
+        clean["ms-ssim-rgb"] = [1 - 10 ** (-db / 10) for db in clean["ms-ssim-db-rgb"]]
+    lengths = {key: len(values) for key, values in clean.items()}
+    if len(set(lengths.values())) != 1:
+        raise LictutorError(f"{source}: the lists in 'results' of {result['name']!r} differ in length: {lengths}")
+    return {**result, "description": result.get("description", ""), "results": clean}
+
+
+def save_results(results, path):
+    """Write one result (a dict) or several (a list of dicts) as JSON; return the path.
+
+    Results are validated first, so a file written here always loads back. NaN (an MS-SSIM
+    that could not be computed) is written as ``NaN``, as Python's ``json`` and CompressAI do.
+    """
+    path = Path(path)
+    if isinstance(results, list):
+        data = [_normalize(r, path) for r in results]
+    else:
+        data = _normalize(results, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def load_results(path):
+    """Read a result file written by :func:`save_results` or by CompressAI.
+
+    Returns a dict, or a list of dicts if the file holds a list. Raises
+    :class:`~lictutor.LictutorError` naming the file when it is missing, not JSON, or off-schema.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as err:
+        raise LictutorError(f"{path}: cannot read results file: {err}") from err
+    except json.JSONDecodeError as err:
+        raise LictutorError(f"{path}: not valid JSON: {err}") from err
+    if isinstance(data, list):
+        return [_normalize(r, path) for r in data]
+    return _normalize(data, path)
+
+
+def anchors():
+    """Names of the packaged Kodak reference curves, for :func:`anchor`."""
+    return sorted(f.name.removesuffix(".json") for f in _ANCHORS.iterdir() if f.name.endswith(".json"))
+
+
+def anchor(name):
+    """A published Kodak rate–distortion curve shipped with lictutor (from CompressAI).
+
+    ``name`` is one of :func:`anchors`, e.g. ``"bpg_444_x265_ycbcr"``, ``"vtm"`` or
+    ``"compressai-bmshj2018-hyperprior_mse_cpu"``.
+    """
+    name = name.removesuffix(".json")
+    if name not in anchors():
+        raise LictutorError(f"unknown anchor {name!r}; available: {', '.join(anchors())}")
+    source = f"anchor {name}.json"
+    return _normalize(json.loads((_ANCHORS / f"{name}.json").read_text()), source)
+
+
+def format_table(results):
+    """One result or a list of them as a plain-text table, one row per rate point."""
+    results = [results] if isinstance(results, dict) else results
+    lines = [f"{'name':<24} {'quality':>8} {'bpp':>7} {'PSNR [dB]':>9} {'MS-SSIM':>8}"]
+    for result in results:
+        res = result["results"]
+        for i, bpp in enumerate(res["bpp"]):
+            quality = res["quality"][i] if "quality" in res else "-"
+            msssim = f"{res['ms-ssim-rgb'][i]:.4f}" if "ms-ssim-rgb" in res else "-"
+            lines.append(f"{result['name']:<24} {quality:>8} {bpp:>7.3f} {res['psnr-rgb'][i]:>9.2f} {msssim:>8}")
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+
+from lictutor.plot import msssim_db, rd_figure, rd_plot, show_crops, style_for
+
+
+def _curve(name, shift=0.0):
+    bpp = [0.25, 0.5, 1.0, 2.0]
+    return {"name": name, "results": {"bpp": bpp, "psnr-rgb": [28 + shift, 31 + shift, 34 + shift, 38 + shift],
+                                      "ms-ssim-rgb": [0.9, 0.95, 0.98, 0.99]}}
+
+
+def test_msssim_db():
+    assert msssim_db(0.99) == pytest.approx(20.0)
+    assert np.allclose(msssim_db([0.9, 0.999]), [10.0, 30.0])
+
+
+def test_rd_plot_draws_each_curve():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    rd_plot([_curve("JPEG"), _curve("ours", 2)], ax=ax, reference=[_curve("VTM (Kodak)", 4)])
+    assert len(ax.get_lines()) == 3
+    xs, ys = ax.get_lines()[1].get_data()
+    assert list(xs) == [0.25, 0.5, 1.0, 2.0] and ys[0] == 30
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["JPEG", "ours", "VTM (Kodak)"]
+    plt.close(fig)
+
+
+def test_rd_plot_skips_missing_metric_and_sorts_by_rate():
+    import matplotlib.pyplot as plt
+
+    curve = {"name": "x", "results": {"bpp": [1.0, 0.5], "psnr-rgb": [34, 30]}}
+    fig, ax = plt.subplots()
+    rd_plot([curve], metric="ms-ssim-rgb", ax=ax)
+    assert len(ax.get_lines()) == 0
+    rd_plot([curve], metric="psnr-rgb", ax=ax)
+    assert list(ax.get_lines()[0].get_data()[0]) == [0.5, 1.0]
+    plt.close(fig)
+
+
+def test_rd_figure_and_crops():
+    import matplotlib.pyplot as plt
+
+    fig = rd_figure([_curve("JPEG")])
+    assert len(fig.axes) == 2
+    plt.close(fig)
+    img = np.zeros((40, 60, 3), np.uint8)
+    img[10:20, 30:40] = 255
+    fig = show_crops([("a", img), ("b", img)], box=(10, 30, 10, 10))
+    shown = fig.axes[0].get_images()[0].get_array()
+    assert shown.shape == (10, 10, 3) and shown.min() == 255
+    plt.close(fig)
+
+
+def test_classical_codecs_keep_their_style():
+    assert style_for("JPEG") == style_for("jpeg")
+    assert style_for("JPEG 2000") != style_for("JPEG")
+    assert style_for("my model", 0) != style_for("my model", 1)

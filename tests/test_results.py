@@ -1,0 +1,94 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from lictutor.errors import LictutorError
+from lictutor.results import anchor, anchors, format_table, load_results, save_results
+
+RESULT = {
+    "name": "my-model",
+    "description": "a test curve",
+    "results": {
+        "psnr-rgb": [28.1, 30.2, 32.5],
+        "ms-ssim-rgb": [0.93, 0.95, 0.97],
+        "bpp": [0.15, 0.3, 0.6],
+    },
+}
+
+
+def test_save_load_round_trip(tmp_path):
+    path = save_results(RESULT, tmp_path / "sub" / "my-model.json")
+    assert load_results(path) == RESULT
+    both = save_results([RESULT, {**RESULT, "name": "other"}], tmp_path / "both.json")
+    assert [r["name"] for r in load_results(both)] == ["my-model", "other"]
+
+
+def test_load_compressai_style_single_point(tmp_path):
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps({"name": "m", "results": {"psnr-rgb": 30.0, "bpp": 0.4}}))
+    assert load_results(path) == {"name": "m", "description": "", "results": {"psnr-rgb": [30.0], "bpp": [0.4]}}
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"results": {"bpp": [1], "psnr-rgb": [30]}}), "string 'name'"),
+        (json.dumps({"name": "m", "results": {"bpp": [1]}}), "'bpp' and 'psnr-rgb'"),
+        (json.dumps({"name": "m", "results": {"bpp": [1, 2], "psnr-rgb": [30]}}), "differ in length"),
+        (json.dumps({"name": "m", "results": {"bpp": ["a"], "psnr-rgb": [30]}}), "must hold numbers"),
+    ],
+)
+def test_bad_files_raise_naming_the_file(tmp_path, content, message):
+    path = tmp_path / "broken.json"
+    path.write_text(content)
+    with pytest.raises(LictutorError, match=message) as err:
+        load_results(path)
+    assert "broken.json" in str(err.value)
+
+
+def test_missing_file_and_bad_save(tmp_path):
+    with pytest.raises(LictutorError, match="missing.json"):
+        load_results(tmp_path / "missing.json")
+    with pytest.raises(LictutorError, match="out.json"):
+        save_results({"name": "m", "results": {"bpp": [1]}}, tmp_path / "out.json")
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_every_packaged_anchor_loads():
+    names = anchors()
+    assert {"jpeg", "jpeg2000", "webp", "bpg_444_x265_ycbcr", "av1", "hm", "vtm"} <= set(names)
+    assert any(n.startswith("compressai-") for n in names) and any(n.startswith("paper-") for n in names)
+    for name in names:
+        curve = anchor(name)
+        res = curve["results"]
+        assert len(res["bpp"]) >= 4 and len(res["bpp"]) == len(res["psnr-rgb"])
+        assert all(0 < b < 5 for b in res["bpp"]) and all(20 < p < 50 for p in res["psnr-rgb"])
+
+
+def test_anchor_details():
+    bpg = anchor("bpg_444_x265_ycbcr.json")
+    assert bpg["name"].startswith("BPG") and len(bpg["results"]["ms-ssim-rgb"]) == len(bpg["results"]["bpp"])
+    checkerboard = anchor("paper-cheng2020-checkerboard-6M_mse")  # publishes MS-SSIM in dB only
+    db = checkerboard["results"]["ms-ssim-db-rgb"][0]
+    assert checkerboard["results"]["ms-ssim-rgb"][0] == pytest.approx(1 - 10 ** (-db / 10))
+    assert "ms-ssim-rgb" not in anchor("paper-mbt2018")["results"]
+    with pytest.raises(LictutorError, match="available: av1"):
+        anchor("jpeg-xl")
+
+
+def test_nan_round_trips(tmp_path):
+    curves = {"bpp": np.array([0.1, 0.2]), "psnr-rgb": [np.float32(30), 32.0], "ms-ssim-rgb": [math.nan, None]}
+    loaded = load_results(save_results({"name": "m", "results": curves}, tmp_path / "nan.json"))
+    assert loaded["results"]["bpp"] == [0.1, 0.2] and loaded["results"]["psnr-rgb"] == [30.0, 32.0]
+    assert all(math.isnan(v) for v in loaded["results"]["ms-ssim-rgb"])
+
+
+def test_format_table():
+    table = format_table([RESULT, anchor("paper-mbt2018")]).splitlines()
+    assert table[0].split() == ["name", "quality", "bpp", "PSNR", "[dB]", "MS-SSIM"]
+    assert table[1].split() == ["my-model", "-", "0.150", "28.10", "0.9300"]
+    assert len(table) == 1 + 3 + len(anchor("paper-mbt2018")["results"]["bpp"])
+    assert format_table(RESULT).splitlines()[1:] == table[1:4]
