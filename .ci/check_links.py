@@ -21,7 +21,11 @@ class _Links(HTMLParser):
 
 
 def broken_links(root: Path):
+    """Yield (page, target) for each broken link. Pages under ``_static`` are the theme's
+    Jinja templates, copied verbatim, not pages of the book: they are skipped."""
     for page in sorted(root.rglob("*.html")):
+        if "_static" in page.relative_to(root).parts:
+            continue
         parser = _Links()
         parser.feed(page.read_text(encoding="utf-8", errors="replace"))
         for target in parser.targets:

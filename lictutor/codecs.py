@@ -33,7 +33,7 @@ import numpy as np
 import PIL
 import pillow_heif
 from PIL import Image, features
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text bars: they render in terminals, notebooks and the built book
 
 from lictutor.errors import LictutorError
 from lictutor.metrics import MS_SSIM_MIN_SIDE, bpp_from_bytes, ms_ssim, psnr
@@ -192,7 +192,7 @@ def get_codec(name):
     return CODECS[name]
 
 
-def evaluate_codec(name, images, qualities=None, progress=True, per_image=False):
+def evaluate_codec(name, images, qualities=None, points=None, progress=True, per_image=False):
     """Rate–distortion curve of a codec on ``images``, in CompressAI's eval JSON schema.
 
     ``images`` is a list of ``(name, uint8 H×W×3 array)`` pairs. Every image is encoded at
@@ -200,10 +200,15 @@ def evaluate_codec(name, images, qualities=None, progress=True, per_image=False)
     and times (seconds) from the wall clock. Each point is the mean over images, and points
     are sorted by bpp. Images under 161 px on a side get MS-SSIM ``NaN`` and are left out of
     its mean. ``per_image=True`` adds ``"per_image": {image: {metric: [...]}}`` in the same
-    point order.
+    point order. ``points`` keeps that many of the qualities, evenly spread from the lowest
+    to the highest (a budget's ``codec_points``).
     """
     codec = get_codec(name)
     qualities = list(codec.qualities if qualities is None else qualities)
+    if points is not None and points < len(qualities):
+        if points < 2:
+            raise LictutorError(f"a rate–distortion curve needs at least 2 points, got points={points}")
+        qualities = [qualities[round(i)] for i in np.linspace(0, len(qualities) - 1, points)]
     if not images:
         raise LictutorError("evaluate_codec needs at least one image")
     keys = ("psnr-rgb", "ms-ssim-rgb", "bpp", "encoding_time", "decoding_time")

@@ -32,13 +32,13 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text bars: they render in terminals, notebooks and the built book
 
 from lictutor.errors import LictutorError
 
 __all__ = [
     "load_image", "save_image", "to_tensor", "to_uint8",
-    "builtin_photos", "builtin_split", "train_images", "eval_images", "folder_images",
+    "builtin_photos", "builtin_split", "train_images", "eval_images", "center_crop", "folder_images",
     "RandomCrops", "training_set",
     "lictutor_home", "RemoteFile", "DatasetSpec", "DATASETS", "fetch", "download",
     "IMAGE_EXTENSIONS",
@@ -185,13 +185,30 @@ def train_images() -> list[tuple[str, np.ndarray]]:
     return [(name, load_image(paths[name])) for name in builtin_split()[0]]
 
 
-def eval_images(folder: str | os.PathLike | None = None) -> list[tuple[str, np.ndarray]]:
+def eval_images(folder: str | os.PathLike | None = None, count: int | None = None,
+                size: int | None = None) -> list[tuple[str, np.ndarray]]:
     """Evaluation images as ``(name, image)`` pairs: every image in ``folder`` if given,
-    else the built-in evaluation photos."""
+    else the built-in evaluation photos.
+
+    ``count`` keeps the first ``count`` images and ``size`` centre-crops each to at most
+    ``size``×``size``; chapters pass their budget's ``eval_images`` and ``eval_size``
+    (``None`` keeps all images at full size).
+    """
     if folder is not None:
-        return folder_images(folder)
-    paths = _builtin_paths()
-    return [(name, load_image(paths[name])) for name in builtin_split()[1]]
+        images = folder_images(folder)
+    else:
+        paths = _builtin_paths()
+        images = [(name, load_image(paths[name])) for name in builtin_split()[1]]
+    return [(name, center_crop(img, size)) for name, img in images[:count]]
+
+
+def center_crop(img: np.ndarray, size: int | None) -> np.ndarray:
+    """The central ``size``×``size`` region of ``img`` (sides shorter than ``size`` are kept)."""
+    if size is None:
+        return img
+    height, width = img.shape[:2]
+    top, left = max(0, (height - size) // 2), max(0, (width - size) // 2)
+    return img[top : top + size, left : left + size]
 
 
 def folder_images(folder: str | os.PathLike) -> list[tuple[str, np.ndarray]]:

@@ -110,3 +110,12 @@ def test_encode_at_bpp(name, photo):
 def test_encode_at_bpp_out_of_reach_returns_the_nearest_end(photo):
     quality, _, _ = codecs.encode_at_bpp("jpeg", photo, 0.001)
     assert quality == 1
+
+
+def test_evaluate_codec_points_spread_over_the_range(photo):
+    images = [("photo", photo)]
+    curve = codecs.evaluate_codec("jpeg", images, points=4, progress=False)
+    qualities = codecs.CODECS["jpeg"].qualities
+    assert sorted(curve["results"]["quality"]) == [qualities[0], qualities[3], qualities[7], qualities[-1]]
+    with pytest.raises(LictutorError, match="at least 2"):
+        codecs.evaluate_codec("jpeg", images, points=1, progress=False)

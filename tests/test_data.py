@@ -423,3 +423,16 @@ def test_registry_is_well_formed():
         for remote in spec.files:
             assert remote.url.startswith(("http://", "https://"))
             assert remote.sha256 is None or len(remote.sha256) == 64
+
+
+def test_eval_images_count_and_centre_crop():
+    full = data.eval_images()
+    few = data.eval_images(count=2, size=128)
+    assert [n for n, _ in few] == [n for n, _ in full[:2]]
+    name, img = few[0]
+    h, w = full[0][1].shape[:2]
+    top, left = (h - 128) // 2, (w - 128) // 2
+    np.testing.assert_array_equal(img, full[0][1][top : top + 128, left : left + 128])
+    # a side shorter than the crop is kept whole
+    tall = np.zeros((100, 300, 3), np.uint8)
+    assert data.center_crop(tall, 200).shape == (100, 200, 3)

@@ -13,6 +13,8 @@ def _site(tmp_path, link):
     (tmp_path / "book" / "b.html").write_text('<a href="#top">self</a>')
     (tmp_path / "_images").mkdir()
     (tmp_path / "_images" / "p.png").write_bytes(b"png")
+    (tmp_path / "_static").mkdir()  # theme templates: not pages, never checked
+    (tmp_path / "_static" / "macros.html").write_text("<a href=\"{{ pathto('x.css', 1) }}\">t</a>")
     return tmp_path
 
 
