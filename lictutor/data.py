@@ -142,6 +142,16 @@ _BUILTIN = (
     ("china", "sklearn", "datasets/images/china.jpg"),  # temple and sky, 640×427
     ("flower", "sklearn", "datasets/images/flower.jpg"),  # close-up with blur, 640×427
     ("grace_hopper", "matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),  # portrait, 512×600
+    ("hubble", "skimage", "data/hubble_deep_field.jpg"),  # galaxies on black, 1000×872
+    ("ihc", "skimage", "data/ihc.png"),  # stained tissue under a microscope, 512×512
+    ("retina", "skimage", "data/retina.jpg"),  # fundus photo, 1411×1411
+    # Grey-scale photos (read as R = G = B): more natural textures and edges for training.
+    ("camera", "skimage", "data/camera.png"),  # cameraman, 512×512
+    ("brick", "skimage", "data/brick.png"),  # brick wall texture, 512×512
+    ("grass", "skimage", "data/grass.png"),  # grass texture, 512×512
+    ("gravel", "skimage", "data/gravel.png"),  # gravel texture, 512×512
+    ("coins", "skimage", "data/coins.png"),  # old coins, 384×303
+    ("moon", "skimage", "data/moon.png"),  # lunar surface, 512×512
 )
 
 # Held-out photos. They are the four stored losslessly (PNG), so rate–distortion numbers
