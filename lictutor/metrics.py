@@ -2,6 +2,8 @@
 
 - :func:`psnr`, :func:`ms_ssim`: distortion between an image and its reconstruction,
   computed like CompressAI's ``psnr-rgb`` and ``ms-ssim-rgb``.
+- :func:`nlp_distance`: the normalized Laplacian pyramid distance, a perceptual metric that
+  is also a training loss.
 - :func:`bpp_from_bytes`, :func:`bpp_from_likelihoods`: rate in bits per pixel, from a real
   bitstream or from a model's likelihoods (the estimate used during training).
 - :func:`bd_rate`, :func:`bd_psnr`: Bjøntegaard deltas between two rate–distortion curves.
@@ -14,6 +16,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pytorch_msssim import ms_ssim as _ms_ssim
 from scipy.interpolate import Akima1DInterpolator, PchipInterpolator
 
@@ -26,7 +29,7 @@ BD_METHODS = ("akima", "pchip", "cubic")
 def _as_tensor(x):
     """Return ``x`` as a float64 tensor and the peak value of its scale (255 or 1)."""
     if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
+        x = torch.from_numpy(np.array(x))  # a copy: decoded images may be read-only views
     if not isinstance(x, torch.Tensor):
         raise LictutorError(f"expected a NumPy array or a torch tensor, got {type(x).__name__}")
     peak = 255.0 if x.dtype == torch.uint8 else 1.0
@@ -57,7 +60,7 @@ def psnr(a, b, peak=None):
 def _as_nchw(x):
     """Return an image or batch as an ``N×3×H×W`` float tensor on the 0–1 scale."""
     if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
+        x = torch.from_numpy(np.array(x))  # a copy: decoded images may be read-only views
         x = x.permute(2, 0, 1) if x.dim() == 3 else x.permute(0, 3, 1, 2)  # channel-last → first
     if not isinstance(x, torch.Tensor):
         raise LictutorError(f"expected a NumPy array or a torch tensor, got {type(x).__name__}")
@@ -190,3 +193,122 @@ def bd_psnr(rate_anchor, dist_anchor, rate_test, dist_test, method="akima"):
     """
     rate_anchor, dist_anchor, rate_test, dist_test = _bd_curves(rate_anchor, dist_anchor, rate_test, dist_test, method)
     return _mean_gap(np.log(rate_anchor), dist_anchor, np.log(rate_test), dist_test, method)
+
+
+def entropy_bits(symbols):
+    """Empirical first-order entropy ``H = −Σ p(s) log2 p(s)`` of integer ``symbols``, in bits.
+
+    The fewest bits per symbol any code can reach when it codes each symbol independently with
+    the symbols' own histogram as its probability model (Shannon's source coding theorem).
+    """
+    symbols = np.asarray(symbols).ravel()
+    if symbols.size == 0:
+        raise LictutorError("entropy_bits needs at least one symbol")
+    _, counts = np.unique(symbols, return_counts=True)
+    p = counts / symbols.size
+    return float(-(p * np.log2(p)).sum())
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalized Laplacian pyramid distance
+# ---------------------------------------------------------------------------------------------
+
+NLP_LEVELS = 6
+NLP_MIN_SIDE = 17  # the 5th down-sampling must still see 2 pixels (its mirror padding is 2 wide)
+_NLP_LOWPASS = (0.05, 0.25, 0.4, 0.25, 0.05)  # Burt & Adelson (1983); the 2-D filter is its outer product
+# Per level (finest first): the constant σ and the 5×5 filter P of the divisive normalization,
+# learned by Laparra et al. on the McGill database (their NLP_dist.m). P is given by its non-zero
+# weights, {(row, column): weight} with the centre at (2, 2).
+_NLP_SIGMAS = (0.0248, 0.0185, 0.0179, 0.0191, 0.0220, 0.2782)
+_NLP_FILTERS = (
+    {(1, 2): 0.1011, (2, 1): 0.1493, (2, 3): 0.1460, (2, 4): 0.0072, (3, 2): 0.1015},
+    {(1, 2): 0.0757, (2, 1): 0.1986, (2, 3): 0.1846, (3, 2): 0.0837},
+    {(1, 2): 0.0477, (2, 1): 0.2138, (2, 3): 0.2243, (3, 2): 0.0467},
+    {(2, 1): 0.2503, (2, 3): 0.2616},
+    {(2, 1): 0.2598, (2, 3): 0.2552},
+    {(2, 1): 0.2215, (2, 3): 0.0717},
+)
+
+
+def _pad_symmetric(x, p):
+    """Mirror-pad the last two dimensions by ``p``, repeating the edge pixel (MATLAB's
+    ``'symmetric'``; PyTorch's ``'reflect'`` does not repeat it)."""
+    x = torch.cat([x[..., :p, :].flip(-2), x, x[..., -p:, :].flip(-2)], dim=-2)
+    return torch.cat([x[..., :p].flip(-1), x, x[..., -p:].flip(-1)], dim=-1)
+
+
+def _pyramid_down(x, lowpass):
+    """Low-pass filter (mirror padding), then keep every other row and column."""
+    return F.conv2d(_pad_symmetric(x, 2), lowpass, stride=2)
+
+
+def _pyramid_up(x, lowpass, size):
+    """Expand back to ``size``, as NLP_dist.m does: pad by replicating the border, insert
+    zeros between pixels, filter with 4× the low-pass and crop. Inserting zeros and then
+    filtering is a transposed convolution of stride 2 (4× cheaper than filtering the zeros)."""
+    x = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    return F.conv_transpose2d(x, 4 * lowpass, stride=2)[..., 4 : 4 + size[0], 4 : 4 + size[1]]
+
+
+def _nlp_transform(x):
+    """The normalized Laplacian pyramid of grey-scale images ``x`` (B×1×H×W, 0–1).
+
+    Laplacian pyramid (Burt & Adelson 1983), then every coefficient divided by ``σ`` plus a
+    weighted sum of its neighbours' amplitudes (Laparra et al. 2016):
+    ``z = l / (σ + P ∗ |l|)``. Returns the six levels, finest first.
+    """
+    f = x.new_tensor(_NLP_LOWPASS)
+    lowpass = torch.outer(f, f)[None, None]
+    levels = []
+    for _ in range(NLP_LEVELS - 1):
+        low = _pyramid_down(x, lowpass)
+        levels.append(x - _pyramid_up(low, lowpass, x.shape[-2:]))
+        x = low
+    levels.append(x)  # the low-pass residual
+    normalized = []
+    for level, sigma, weights in zip(levels, _NLP_SIGMAS, _NLP_FILTERS):
+        p = x.new_zeros(1, 1, 5, 5)
+        for (row, col), w in weights.items():
+            p[0, 0, row, col] = w
+        # conv2d correlates; NLP_dist.m convolves (conv2), hence the flipped filter.
+        amplitude = F.conv2d(level.abs(), p.flip(-2, -1), padding=2)
+        normalized.append(level / (sigma + amplitude))
+    return normalized
+
+
+def _sqrt0(t):
+    """``sqrt(t)`` whose gradient at ``t = 0`` is 0 instead of NaN (identical images)."""
+    positive = t > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, t, torch.ones_like(t))), 0.0)
+
+
+def nlp_distance(a, b):
+    """Normalized Laplacian pyramid distance (Laparra, Ballé, Berardino & Simoncelli 2016,
+    "Perceptual image quality assessment using a normalized Laplacian pyramid").
+
+    Both images go through :func:`_nlp_transform` (six levels); the distance is the mean over
+    levels of the root-mean-square difference of the normalized coefficients, with the
+    paper's filters and constants (from its reference code, NLP_dist.m). 0 for identical
+    images, larger is worse. Ballé, Laparra & Simoncelli (2016), "End-to-end optimization of
+    nonlinear transform codes for perceptual quality", trained codecs with it.
+
+    The metric is defined on grey-scale images. Here it is applied to the R, G and B channels
+    separately (each as a grey image on the 0–1 scale) and averaged, so that colour errors
+    count: on luminance alone a codec could spend no bits on colour. A batch gives the mean
+    over images. Images need at least :data:`NLP_MIN_SIDE` pixels on each side. Like
+    :func:`ms_ssim`, NumPy inputs give a float and tensors a differentiable 0-dim tensor.
+    """
+    x, y = _as_nchw(a), _as_nchw(b)
+    if x.shape != y.shape:
+        raise LictutorError(f"nlp_distance needs images of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if min(x.shape[-2:]) < NLP_MIN_SIDE:
+        raise LictutorError(
+            f"nlp_distance needs images at least {NLP_MIN_SIDE} pixels on each side "
+            f"({NLP_LEVELS} pyramid levels), got {x.shape[-2]}×{x.shape[-1]}"
+        )
+    n, c, h, w = x.shape
+    levels_x = _nlp_transform(x.reshape(n * c, 1, h, w))
+    levels_y = _nlp_transform(y.reshape(n * c, 1, h, w))
+    rms = [_sqrt0(((zx - zy) ** 2).mean(dim=(1, 2, 3))) for zx, zy in zip(levels_x, levels_y)]
+    value = torch.stack(rms).mean()  # over levels, channels and images (all equally sized)
+    return value.item() if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) else value

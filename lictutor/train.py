@@ -4,7 +4,7 @@ Minimises, as CompressAI's examples do (Ballé et al. 2017, eq. 2; 2018, eq. 7):
 
     L = λ · 255² · MSE(x, x̂) + bpp        (distortion="mse")
     L = λ · (1 − MS-SSIM(x, x̂)) + bpp     (distortion="ms-ssim")
-    L = λ · NLP(x, x̂) + bpp               (distortion="nlp", Ballé et al. 2016)
+    L = λ · NLP(x, x̂) + bpp               (distortion="nlp", Ballé, Laparra & Simoncelli 2016)
 
 with bpp = Σ −log₂ p(ŷ) / (number of pixels). The entropy models' quantiles are trained
 by the auxiliary loss on an optimizer of their own.
@@ -12,13 +12,15 @@ by the auxiliary loss on an optimizer of their own.
 What it adds to a plain loop, each of which a reader would otherwise write badly:
 
 * a learning-rate schedule (linear warm-up, cosine decay) and gradient clipping;
-* a NaN/inf guard that stops with a message naming the step;
+* a NaN/inf guard (on the loss and the gradient) that stops with a message naming the step;
 * a tqdm bar showing bpp and PSNR;
 * checkpoints every ``checkpoint_every`` steps, and resume after an interruption that gives the
   same weights as an uninterrupted run (batches and noise are functions of the step, not of
   a random-number state);
 * a cache: a finished run is stored under ``$LICTUTOR_HOME/checkpoints`` by a key of its
-  configuration, so re-running a notebook loads instead of retraining;
+  configuration (and of its warm-start weights), so re-running a notebook loads instead of
+  retraining;
+* a warm start (``init_from``) from another run's weights, e.g. a neighbouring λ;
 * multi-process data parallelism (``torchrun``, DistributedDataParallel), equal to one process
   with the same global batch;
 * ``update()`` of the entropy models at the end, so a trained model compresses right away.
@@ -33,15 +35,17 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Mapping, Union
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from tqdm.auto import tqdm
+from torch import Tensor
+from tqdm import tqdm  # plain text bars: they render in terminals, notebooks and the built book
 
-from lictutor import quantization
+from lictutor import metrics, quantization
 from lictutor.errors import LictutorError
 
 __all__ = [
@@ -54,19 +58,26 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "lictutor-checkpoint-1"
+DISTORTIONS = ("mse", "ms-ssim", "nlp")
+
+#: warm-start weights: a checkpoint written by :func:`train`, or a state dict
+InitWeights = Union[str, os.PathLike, Mapping[str, Tensor]]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a trained model (and so its cache key)."""
+    """Everything that determines a trained model (and so its cache key).
+
+    Invalid values raise :class:`LictutorError` when the configuration is made.
+    """
 
     model: str = "factorized"  #: name in :data:`lictutor.models.MODELS`
     model_args: dict = field(default_factory=dict)  #: e.g. ``{"N": 128, "M": 192}``
     lmbda: float = 0.0067
     distortion: str = "mse"  #: "mse", "ms-ssim" or "nlp"
     steps: int = 1000
-    batch: int = 8
-    crop: int = 128
+    batch: int = 8  #: global batch, split evenly over processes
+    crop: int = 128  #: side of the square training crops, a multiple of the model's down-sampling
     lr: float = 1e-3
     aux_lr: float = 1e-3
     warmup: int = 0  #: steps of linear warm-up
@@ -74,32 +85,79 @@ class TrainConfig:
     clip: float = 1.0  #: max gradient norm (0: no clipping)
     seed: int = 0
     images: str | None = None  #: training folder; None: the book's offline photos
-    init: str | None = None  #: warm start from this checkpoint file (weights only)
     budget: str = ""  #: the budget that chose these settings, part of the cache key
 
-    def key(self) -> str:
-        """A short hash of the configuration: the checkpoint cache key."""
-        text = json.dumps(asdict(self), sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+    def __post_init__(self):
+        from lictutor import models
+
+        if self.images is not None:  # a Path is fine too; stored as a string
+            object.__setattr__(self, "images", os.fspath(self.images))
+        if self.model not in models.MODELS:
+            raise LictutorError(f"unknown model {self.model!r}; available: {', '.join(models.MODELS)}")
+        if self.distortion not in DISTORTIONS:
+            raise LictutorError(f"unknown distortion {self.distortion!r}; use one of {', '.join(DISTORTIONS)}")
+        for name in ("steps", "batch", "crop"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise LictutorError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("lmbda", "lr", "aux_lr", "final_lr", "clip"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise LictutorError(f"{name} must be a finite number >= 0, got {value!r}")
+        for name in ("lmbda", "lr", "aux_lr"):
+            if getattr(self, name) == 0:
+                raise LictutorError(f"{name} must be positive, got 0")
+        if not isinstance(self.warmup, int) or not 0 <= self.warmup <= self.steps:
+            raise LictutorError(f"warmup must be an integer in [0, steps], got {self.warmup!r} for {self.steps} steps")
+        factor = models.MODELS[self.model].downsampling_factor
+        min_side = {"ms-ssim": metrics.MS_SSIM_MIN_SIDE, "nlp": metrics.NLP_MIN_SIDE}.get(self.distortion, 1)
+        if self.crop % factor or self.crop < min_side:
+            raise LictutorError(
+                f"crop must be a multiple of {factor} (the model's down-sampling) and at least "
+                f"{min_side} for distortion {self.distortion!r}, got {self.crop}"
+            )
+
+    def to_dict(self) -> dict:
+        """The configuration as plain JSON values (what checkpoints store)."""
+        try:
+            return json.loads(json.dumps({f.name: getattr(self, f.name) for f in fields(self)}))
+        except TypeError as err:
+            raise LictutorError(f"the configuration must hold plain values (numbers, strings): {err}") from None
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+    def from_dict(cls, d: Mapping) -> "TrainConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`LictutorError`."""
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise LictutorError(f"unknown training settings: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def key(self, init_from: InitWeights | None = None) -> str:
+        """A short hash of the configuration and of the warm-start weights' *content*: the
+        checkpoint cache key."""
+        settings = self.to_dict()
+        if init_from is not None:
+            settings["init_from"] = _weights_digest(_init_state(init_from))
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class RateDistortionLoss(nn.Module):
-    """``λ · D + bpp``, with D scaled as in CompressAI (255² · MSE for "mse")."""
+    """``λ · D + bpp`` with, as in CompressAI, D = 255² · MSE for "mse" and 1 − MS-SSIM for
+    "ms-ssim"; for "nlp", D = :func:`lictutor.metrics.nlp_distance`, unscaled.
+
+    The NLP distance grows roughly like the RMS error (about 0.16 for Gaussian noise at 34 dB
+    PSNR, 0.28 at 28 dB), so its λ is on a scale of its own. Matching the slopes of the two
+    distortions around 31 dB gives λ ≈ 4 for "nlp" where "mse" uses 0.0067 (a few hundred
+    times larger); a starting point, not a calibration.
+    """
 
     def __init__(self, lmbda: float, distortion: str = "mse"):
         super().__init__()
-        if distortion not in ("mse", "ms-ssim", "nlp"):
-            raise LictutorError(f"unknown distortion {distortion!r}; use mse, ms-ssim or nlp")
+        if distortion not in DISTORTIONS:
+            raise LictutorError(f"unknown distortion {distortion!r}; use one of {', '.join(DISTORTIONS)}")
         self.lmbda, self.distortion = lmbda, distortion
 
-    def forward(self, out: dict, x: torch.Tensor) -> dict:
-        from lictutor import metrics
-
+    def forward(self, out: dict, x: Tensor) -> dict:
+        """``{"loss", "bpp", "mse", "distortion"}`` (0-dim tensors) for model output ``out``."""
         num_pixels = x.size(0) * x.size(2) * x.size(3)
         bpp = metrics.bpp_from_likelihoods(out["likelihoods"], num_pixels)
         x_hat = out["x_hat"]
@@ -107,34 +165,59 @@ class RateDistortionLoss(nn.Module):
         if self.distortion == "mse":
             dist = 255**2 * mse
         elif self.distortion == "ms-ssim":
-            dist = 1 - metrics.ms_ssim(x_hat.clamp(0, 1), x)
+            dist = 1 - metrics.ms_ssim(x_hat, x)
         else:
             dist = metrics.nlp_distance(x_hat, x)
         return {"loss": self.lmbda * dist + bpp, "bpp": bpp, "mse": mse, "distortion": dist}
 
 
-def cache_path(config: TrainConfig) -> Path:
-    """Where the finished model of ``config`` is cached."""
+def cache_path(config: TrainConfig, init_from: InitWeights | None = None) -> Path:
+    """Where :func:`train` caches the finished model of ``config`` (warm-started from
+    ``init_from``): ``$LICTUTOR_HOME/checkpoints/<model>-<key>.pt``."""
     from lictutor.data import lictutor_home
 
-    return lictutor_home() / "checkpoints" / f"{config.model}-{config.key()}.pt"
+    return lictutor_home() / "checkpoints" / f"{config.model}-{config.key(init_from)}.pt"
 
 
-def save_checkpoint(path, model, config: TrainConfig, **extra) -> None:
-    """Write atomically (a crash mid-write never leaves a half checkpoint)."""
+def save_checkpoint(path, model: nn.Module, config: TrainConfig, **extra) -> None:
+    """Write ``model``'s weights, ``config`` and ``extra`` values to ``path``.
+
+    Atomic: a crash mid-write never leaves a half checkpoint.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "format": CHECKPOINT_FORMAT,
         "model": config.model,
         "model_args": dict(config.model_args),
-        "config": json.loads(json.dumps(asdict(config), default=str)),
+        "config": config.to_dict(),
         "state_dict": model.state_dict(),
         **extra,
     }
-    tmp = path.with_suffix(path.suffix + ".part")
+    tmp = path.with_name(path.name + ".part")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def _read_checkpoint(path) -> dict:
+    """The dict stored by :func:`save_checkpoint`, read with ``weights_only=True``."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise LictutorError(f"no checkpoint at '{path}'") from None
+    except Exception as err:  # truncated, not a torch file, or pickled code (refused)
+        raise LictutorError(f"cannot read checkpoint '{path}': {err}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise LictutorError(f"'{path}' is not a lictutor checkpoint")
+    return ckpt
+
+
+def _load_weights(model: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> None:
+    try:
+        model.load_state_dict(state_dict)
+    except (RuntimeError, KeyError, TypeError) as err:
+        raise LictutorError(f"the weights of {source} do not fit the model: {err}") from None
 
 
 def load_checkpoint(path, map_location="cpu") -> tuple[nn.Module, dict]:
@@ -145,28 +228,40 @@ def load_checkpoint(path, map_location="cpu") -> tuple[nn.Module, dict]:
     """
     from lictutor import models
 
-    path = Path(path)
+    ckpt = _read_checkpoint(path)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise LictutorError(f"no checkpoint at '{path}'") from None
-    except Exception as err:
-        raise LictutorError(f"cannot read checkpoint '{path}': {err}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise LictutorError(f"'{path}' is not a lictutor checkpoint")
-    model = models.create(ckpt["model"], **ckpt["model_args"])
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except (RuntimeError, KeyError) as err:
-        raise LictutorError(f"checkpoint '{path}' does not fit model {ckpt['model']!r}: {err}") from None
-    return model.eval(), ckpt
+        model = models.create(ckpt["model"], **ckpt["model_args"])
+    except (KeyError, TypeError):
+        raise LictutorError(f"checkpoint '{path}' does not name its model") from None
+    _load_weights(model, ckpt.get("state_dict"), f"checkpoint '{path}'")
+    return model.to(map_location).eval(), ckpt
+
+
+def _init_state(init_from: InitWeights) -> Mapping[str, Tensor]:
+    """The state dict of warm-start weights given as a checkpoint path or a state dict."""
+    if isinstance(init_from, Mapping):
+        return init_from
+    return _read_checkpoint(init_from)["state_dict"]
+
+
+def _weights_digest(state_dict: Mapping[str, Tensor]) -> str:
+    """A hash of the names, shapes and values of ``state_dict``'s tensors."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name]
+        if not isinstance(t, Tensor):
+            raise LictutorError(f"init_from: {name!r} is a {type(t).__name__}, not a tensor")
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _lr_factor(step: int, config: TrainConfig) -> float:
     """Linear warm-up, then cosine decay from 1 to ``final_lr``."""
     if step < config.warmup:
         return (step + 1) / config.warmup
-    t = (step - config.warmup) / max(1, config.steps - config.warmup)
+    t = (step - config.warmup) / (config.steps - config.warmup)
     return config.final_lr + (1 - config.final_lr) * 0.5 * (1 + math.cos(math.pi * t))
 
 
@@ -178,17 +273,15 @@ def _distributed() -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
-def _aux_parameters(model: nn.Module):
-    return [p for n, p in model.named_parameters() if n.endswith("quantiles")]
-
-
-def _main_parameters(model: nn.Module):
-    return [p for n, p in model.named_parameters() if not n.endswith("quantiles")]
+def _is_aux(name: str) -> bool:
+    """The entropy bottlenecks' ``quantiles`` learn from the aux loss only."""
+    return name.endswith("quantiles")
 
 
 def train(
     config: TrainConfig,
     *,
+    init_from: InitWeights | None = None,
     out: str | os.PathLike | None = None,
     checkpoint_every: int = 0,
     cache: bool = True,
@@ -199,116 +292,137 @@ def train(
 ) -> tuple[nn.Module, dict]:
     """Train (or load from the cache) the model that ``config`` describes.
 
-    Returns ``(model, checkpoint)``, the model in eval mode with its entropy models updated
-    and the checkpoint holding ``history`` (a list of logged steps) and ``train_time``.
+    Returns ``(model, checkpoint)``: the model in eval mode with its entropy models updated,
+    and the checkpoint dict with ``step``, ``history`` (one dict per ``log_every`` steps:
+    step, loss, bpp, psnr, aux, lr of the global batch, and the training time so far) and
+    ``train_time`` in seconds.
 
-    ``out``: also write the final (and periodic) checkpoints there; an existing unfinished
-    checkpoint there of the same configuration is resumed. ``stop_after``: stop (as if
-    interrupted) after that many steps, leaving a checkpoint to resume.
+    ``init_from``: start from these weights (a checkpoint path or a state dict) instead of a
+    random initialization; they are part of the cache key. ``out``: also write the final (and
+    periodic) checkpoints there; an unfinished checkpoint of the same run found there is
+    resumed, one of another run is an error. Without ``out``, periodic checkpoints go next to
+    the cache entry and are resumed from there. ``stop_after``: stop (as if interrupted) after
+    that many steps, leaving a checkpoint to resume. ``device``: default
+    :func:`lictutor.device.pick_device`; under ``torchrun`` each process takes its own GPU.
     """
     from lictutor import data, models
     from lictutor.device import pick_device, seed_everything
 
-    final = cache_path(config)
+    if log_every < 1 or checkpoint_every < 0 or (stop_after is not None and stop_after < 1):
+        raise LictutorError("log_every and stop_after must be >= 1 and checkpoint_every >= 0")
+    init_state = _init_state(init_from) if init_from is not None else None
+    key = config.key(init_state)
+    final = cache_path(config, init_state)
+    rank, world = _distributed()
+    if world > 1 and torch.cuda.is_available() and device is None:
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # one GPU per process
+    device = pick_device() if device is None else torch.device(device)
+    if world > 1 and device.type == "cuda":
+        torch.cuda.set_device(device)
+
     if cache and final.exists() and stop_after is None:
-        model, ckpt = load_checkpoint(final)
-        if out is not None and Path(out).resolve() != final.resolve():
-            save_checkpoint(out, model, config, **{k: ckpt[k] for k in ("history", "train_time", "step")})
+        model, ckpt = load_checkpoint(final, map_location=device)
+        if out is not None and rank == 0 and Path(out).resolve() != final.resolve():
+            save_checkpoint(out, model, config, **{k: ckpt[k] for k in ("key", "step", "history", "train_time")})
         return model, ckpt
 
-    rank, world = _distributed()
     if config.batch % world:
         raise LictutorError(f"batch {config.batch} is not divisible by {world} processes")
-    device = torch.device(device) if device is not None else pick_device()
     seed_everything(config.seed)
-    model = models.create(config.model, **config.model_args).to(device)
-    if config.init:
-        init_model, _ = load_checkpoint(config.init)
-        model.load_state_dict(init_model.state_dict())
-    optimizer = torch.optim.Adam(_main_parameters(model), lr=config.lr)
-    aux_optimizer = torch.optim.Adam(_aux_parameters(model), lr=config.aux_lr)
+    model = models.create(config.model, **config.model_args)
+    if init_state is not None:
+        _load_weights(model, init_state, "init_from")
+    model.to(device)
+    main_params = [p for n, p in model.named_parameters() if not _is_aux(n)]
+    aux_params = [p for n, p in model.named_parameters() if _is_aux(n)]
+    optimizer = torch.optim.Adam(main_params, lr=config.lr)
+    aux_optimizer = torch.optim.Adam(aux_params, lr=config.aux_lr)
     criterion = RateDistortionLoss(config.lmbda, config.distortion)
     step, history, elapsed = 0, [], 0.0
 
-    work = Path(out) if out is not None else final.with_suffix(".part.pt")
+    work = Path(out) if out is not None else final.with_name(final.stem + ".part.pt")
     if work.exists():
-        ckpt = torch.load(work, map_location=device, weights_only=True)
-        if ckpt.get("format") == CHECKPOINT_FORMAT and ckpt.get("config") == json.loads(
-            json.dumps(asdict(config), default=str)
-        ):
-            model.load_state_dict(ckpt["state_dict"])
-            if "optimizer" in ckpt:
-                optimizer.load_state_dict(ckpt["optimizer"])
-                aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
-            step, history, elapsed = ckpt["step"], ckpt["history"], ckpt.get("train_time", 0.0)
+        ckpt = _read_checkpoint(work)
+        if ckpt.get("key") != key:
+            raise LictutorError(f"'{work}' holds a checkpoint of another run; remove it or choose another out")
+        _load_weights(model, ckpt["state_dict"], f"checkpoint '{work}'")
+        if "optimizer" in ckpt:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
+        step, history, elapsed = ckpt["step"], ckpt["history"], ckpt["train_time"]
 
     net = model
     if world > 1:
-        # The quantiles learn from the aux loss, a second backward pass that DDP's reducer
-        # does not see: DDP ignores them and their gradients are averaged by hand below.
-        quantiles = [n for n, _ in model.named_parameters() if n.endswith("quantiles")]
+        # The quantiles learn from the aux loss, a second backward pass that DDP's reducer does
+        # not see, so DDP must ignore them. Their gradient depends on the (replicated)
+        # parameters only, not on the data: it is already the same in every process.
+        quantiles = [n for n, _ in model.named_parameters() if _is_aux(n)]
         nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, quantiles)
-        net = nn.parallel.DistributedDataParallel(model)
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     trainset = data.training_set(config.images, crop=config.crop, seed=config.seed)
     per_rank = config.batch // world
     bar = tqdm(total=config.steps, initial=step, disable=not progress or rank != 0, desc=config.model)
     start = time.perf_counter() - elapsed
     model.train()
     while step < config.steps:
+        # The global batch of step s holds samples s·batch, ..., s·batch + batch − 1; each
+        # sample's crop and noise depend on its index only, so a resumed run, or one split
+        # over processes, sees exactly the same data.
         first = step * config.batch + rank * per_rank
-        indices = list(range(first, first + per_rank))
+        indices = range(first, first + per_rank)
         x = torch.stack([trainset[i] for i in indices]).to(device)
         for group in optimizer.param_groups:
             group["lr"] = config.lr * _lr_factor(step, config)
 
         optimizer.zero_grad(set_to_none=True)
         with quantization.sample_seeds([config.seed * 1_000_003 + i for i in indices]):
-            out_ = net(x)
-        losses = criterion(out_, x)
-        if not torch.isfinite(losses["loss"]):
-            raise LictutorError(
-                f"training diverged at step {step}: loss is {losses['loss'].item()} "
-                f"(bpp {losses['bpp'].item():.4g}, mse {losses['mse'].item():.4g}); "
-                "try a lower learning rate (lr) or stronger gradient clipping"
-            )
+            losses = criterion(net(x), x)
         losses["loss"].backward()
-        if config.clip:
-            nn.utils.clip_grad_norm_(_main_parameters(model), config.clip)
+        grad_norm = nn.utils.clip_grad_norm_(main_params, config.clip or math.inf)
+        # Checked before the step, so the weights (and the last checkpoint) stay finite. Under
+        # DDP a bad sample on one process makes the averaged gradient non-finite on all of them,
+        # so every process stops here together.
+        if not (torch.isfinite(losses["loss"]) and torch.isfinite(grad_norm)):
+            raise LictutorError(
+                f"training diverged at step {step + 1} of {config.steps}: loss {losses['loss'].item():.4g} "
+                f"(bpp {losses['bpp'].item():.4g}, mse {losses['mse'].item():.4g}), gradient norm "
+                f"{grad_norm.item():.4g}; try a lower learning rate (lr) or stronger gradient clipping"
+            )
         optimizer.step()
 
         aux_optimizer.zero_grad(set_to_none=True)
         aux = model.aux_loss()
         aux.backward()
-        if world > 1:
-            for p in _aux_parameters(model):
-                dist.all_reduce(p.grad)
-                p.grad /= world
         aux_optimizer.step()
 
         step += 1
         if step % log_every == 0 or step == config.steps:
-            psnr = -10 * math.log10(max(losses["mse"].item(), 1e-10))
-            history.append(
-                {"step": step, "loss": losses["loss"].item(), "bpp": losses["bpp"].item(),
-                 "psnr": psnr, "aux": aux.item(), "lr": optimizer.param_groups[0]["lr"]}
-            )
-            bar.set_postfix(bpp=f"{losses['bpp'].item():.3f}", psnr=f"{psnr:.2f}")
+            values = torch.stack([losses["loss"], losses["bpp"], losses["mse"]]).detach()
+            if world > 1:  # the mean over processes is the value of the global batch
+                dist.all_reduce(values)
+                values /= world
+            loss, bpp, mse = values.tolist()
+            psnr = -10 * math.log10(max(mse, 1e-10))
+            history.append({"step": step, "loss": loss, "bpp": bpp, "psnr": psnr, "aux": aux.item(),
+                            "lr": optimizer.param_groups[0]["lr"], "time": time.perf_counter() - start})
+            bar.set_postfix(bpp=f"{bpp:.3f}", psnr=f"{psnr:.2f}")
         bar.update(1)
         interrupted = stop_after is not None and step >= stop_after
         if rank == 0 and ((checkpoint_every and step % checkpoint_every == 0) or interrupted):
             save_checkpoint(
-                work, model, config, step=step, history=history,
+                work, model, config, key=key, step=step, history=history,
                 train_time=time.perf_counter() - start,
                 optimizer=optimizer.state_dict(), aux_optimizer=aux_optimizer.state_dict(),
             )
         if interrupted:
-            bar.close()
-            return model.eval(), {"step": step, "history": history}
+            break
     bar.close()
+    ckpt = {"key": key, "step": step, "history": history, "train_time": time.perf_counter() - start}
+    if step < config.steps:  # stopped by stop_after
+        return model.eval(), ckpt
 
     model.update(force=True)
     model.eval()
-    ckpt = {"step": step, "history": history, "train_time": time.perf_counter() - start}
     if rank == 0:
         if cache:
             save_checkpoint(final, model, config, **ckpt)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lictutor.errors import LictutorError
-from lictutor.metrics import bd_psnr, bd_rate, bpp_from_bytes, bpp_from_likelihoods, ms_ssim, psnr
+from lictutor.metrics import bd_psnr, bd_rate, bpp_from_bytes, bpp_from_likelihoods, entropy_bits, ms_ssim, psnr
 
 
 def random_image(h=32, w=48, seed=0):
@@ -220,3 +220,11 @@ def test_bd_rejects_bad_curves():
         bd_rate(rate[:3], dist, rate, dist)
     with pytest.raises(LictutorError, match="unknown BD interpolation"):
         bd_rate(rate, dist, rate, dist, method="linear")
+
+
+def test_entropy_bits():
+    assert entropy_bits([7, 7, 7]) == 0.0
+    assert entropy_bits([0, 1, 2, 3] * 5) == pytest.approx(2.0)
+    assert entropy_bits([0, 0, 0, 1]) == pytest.approx(0.811278, abs=1e-6)
+    with pytest.raises(LictutorError):
+        entropy_bits([])

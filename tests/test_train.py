@@ -1,0 +1,300 @@
+"""lictutor.train: the loss, the schedule, checkpoints, the cache, resuming and DDP."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import lictutor.train as train_module
+from lictutor import metrics, models
+from lictutor.errors import LictutorError
+from lictutor.train import (
+    CHECKPOINT_FORMAT,
+    RateDistortionLoss,
+    TrainConfig,
+    cache_path,
+    load_checkpoint,
+    save_checkpoint,
+    train,
+)
+
+TINY = dict(model_args={"N": 8, "M": 12}, steps=5, batch=2, crop=32, warmup=1)
+
+
+def tiny(**changes) -> TrainConfig:
+    return TrainConfig(**{**TINY, **changes})
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    """An empty LICTUTOR_HOME for every test: the cache starts cold."""
+    monkeypatch.setenv("LICTUTOR_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def no_training(monkeypatch):
+    """Make any training step fail: what runs afterwards must load, not train."""
+
+    def fail(step, config):
+        raise AssertionError("trained instead of loading")
+
+    monkeypatch.setattr(train_module, "_lr_factor", fail)
+
+
+def assert_same_weights(a, b, atol=0.0, buffers=True):
+    """Equal parameters (and buffers, the CDF tables included) of two models."""
+    sa, sb = (m.state_dict() if buffers else dict(m.named_parameters()) for m in (a, b))
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        torch.testing.assert_close(sa[name], sb[name], rtol=0, atol=atol, msg=name)
+
+
+# --- the loss -------------------------------------------------------------------------------
+
+
+def test_rate_distortion_loss_by_hand():
+    x = torch.zeros(1, 3, 4, 4)
+    out = {"x_hat": torch.full_like(x, 0.1), "likelihoods": {"y": torch.full((1, 2, 2, 2), 0.5)}}
+    losses = RateDistortionLoss(0.01)(out, x)
+    # 8 latents of probability 1/2 = 8 bits over 16 pixels; MSE = 0.01
+    assert losses["bpp"].item() == pytest.approx(0.5)
+    assert losses["mse"].item() == pytest.approx(0.01)
+    assert losses["loss"].item() == pytest.approx(0.01 * 255**2 * 0.01 + 0.5, rel=1e-6)
+
+
+@pytest.mark.parametrize("distortion, side", [("ms-ssim", 176), ("nlp", 64)])
+def test_perceptual_distortions(distortion, side):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, side, side, generator=g)
+    x_hat = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    likelihoods = {"y": torch.full((1, 2, 2, 2), 0.5)}
+    loss = RateDistortionLoss(2.0, distortion)
+    same = loss({"x_hat": x, "likelihoods": likelihoods}, x)
+    assert same["distortion"].item() == pytest.approx(0.0, abs=1e-6)
+    noisy = loss({"x_hat": x_hat, "likelihoods": likelihoods}, x)
+    d = 1 - metrics.ms_ssim(x_hat, x) if distortion == "ms-ssim" else metrics.nlp_distance(x_hat, x)
+    assert noisy["loss"].item() == pytest.approx(2.0 * d.item() + noisy["bpp"].item(), rel=1e-5)
+
+
+def test_unknown_distortion():
+    with pytest.raises(LictutorError, match="unknown distortion"):
+        RateDistortionLoss(0.01, "l1")
+
+
+# --- the configuration ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"model": "nope"}, "unknown model"),
+        ({"distortion": "l1"}, "unknown distortion"),
+        ({"steps": 0}, "steps must be a positive integer"),
+        ({"batch": 2.5}, "batch must be a positive integer"),
+        ({"lmbda": 0}, "lmbda must be positive"),
+        ({"lmbda": float("inf")}, "lmbda must be a finite number"),
+        ({"lr": -1e-3}, "lr must be a finite number >= 0"),
+        ({"warmup": 6}, "warmup"),
+        ({"crop": 72}, "multiple of 16"),
+        ({"distortion": "ms-ssim"}, "at least 161"),
+        ({"model_args": {"N": object()}}, "plain values"),
+    ],
+)
+def test_bad_config(changes, message):
+    with pytest.raises(LictutorError, match=message):
+        tiny(**changes).key()
+
+
+def test_config_round_trip_and_unknown_keys():
+    config = tiny(lmbda=0.013, budget="smoke", images=None)
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(LictutorError, match="unknown training settings: lambda"):
+        TrainConfig.from_dict({"lambda": 0.01})
+
+
+def test_cache_key_covers_what_determines_the_model(tmp_path):
+    base = tiny()
+    assert tiny().key() == base.key()
+    changed = [tiny(lmbda=0.013), tiny(budget="cpu"), tiny(seed=1), tiny(model_args={"N": 8, "M": 16}),
+               tiny(distortion="nlp"), tiny(steps=6)]
+    assert len({base.key(), *(c.key() for c in changed)}) == 1 + len(changed)
+    # the warm-start weights count by content, whether given as a state dict or a file
+    torch.manual_seed(1)
+    init = models.create("factorized", N=8, M=12)
+    path = tmp_path / "init.pt"
+    save_checkpoint(path, init, base)
+    assert base.key(init.state_dict()) == base.key(path) != base.key()
+    assert cache_path(base, path).parent == cache_path(base).parent
+    torch.manual_seed(2)
+    assert base.key(models.create("factorized", N=8, M=12).state_dict()) != base.key(path)
+
+
+def test_lr_schedule():
+    config = tiny(steps=10, warmup=2, final_lr=0.1)
+    factors = [train_module._lr_factor(s, config) for s in range(10)]
+    assert factors[:3] == [0.5, 1.0, 1.0]  # linear warm-up, then the cosine starts at 1
+    assert all(a > b for a, b in zip(factors[2:], factors[3:]))  # decays ...
+    assert factors[-1] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 7 / 8)))  # ... towards 0.1
+    assert {train_module._lr_factor(s, tiny(final_lr=1.0)) for s in range(1, 5)} == {1.0}
+
+
+# --- training, the cache, resuming ----------------------------------------------------------
+
+
+def test_train_caches_and_compresses(home, monkeypatch, capsys, tmp_path):
+    config = tiny()
+    model, ckpt = train(config, log_every=2)
+    assert [h["step"] for h in ckpt["history"]] == [2, 4, 5]
+    assert all(math.isfinite(h["bpp"]) and h["bpp"] > 0 and math.isfinite(h["psnr"]) for h in ckpt["history"])
+    assert ckpt["history"][-1]["lr"] == pytest.approx(config.lr * train_module._lr_factor(4, config))
+    err = capsys.readouterr().err
+    assert "bpp=" in err and "psnr=" in err  # the progress bar
+    # trained, then update()d: the tables are those of the final weights, ready to code
+    assert not model.training and not model.entropy_bottleneck.tables_stale()
+    x = torch.rand(1, 3, 32, 32)
+    coded = model.compress(x)
+    assert model.decompress(coded["strings"], coded["shape"])["x_hat"].shape == x.shape
+
+    assert cache_path(config).is_file() and cache_path(config).is_relative_to(home)
+    no_training(monkeypatch)
+    again, ckpt_again = train(config, progress=False, out=tmp_path / "copy.pt")
+    assert_same_weights(model, again)
+    assert ckpt_again["train_time"] == ckpt["train_time"]
+    assert again.compress(x)["strings"] == coded["strings"]
+    copy, _ = load_checkpoint(tmp_path / "copy.pt")
+    assert_same_weights(model, copy)
+
+
+def test_resume_gives_the_uninterrupted_result(home, monkeypatch):
+    config = tiny()
+    reference, ref_ckpt = train(config, cache=False, progress=False, log_every=1)
+
+    original = train_module._lr_factor
+
+    def interrupt(step, cfg):
+        if step == 3:
+            raise KeyboardInterrupt  # in the 4th step
+        return original(step, cfg)
+
+    monkeypatch.setattr(train_module, "_lr_factor", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, checkpoint_every=2, progress=False, log_every=1)
+    monkeypatch.setattr(train_module, "_lr_factor", original)
+    # the last checkpoint (step 2) lies next to the cache entry, which does not exist yet
+    part = cache_path(config).with_name(cache_path(config).stem + ".part.pt")
+    assert torch.load(part, weights_only=True)["step"] == 2 and not cache_path(config).exists()
+
+    _, stopped = train(config, progress=False, log_every=1, stop_after=4)  # resumes, stops again
+    assert stopped["step"] == 4 and torch.load(part, weights_only=True)["step"] == 4
+    resumed, ckpt = train(config, progress=False, log_every=1)
+    assert_same_weights(reference, resumed, atol=1e-6)
+    assert [h["loss"] for h in ckpt["history"]] == pytest.approx([h["loss"] for h in ref_ckpt["history"]], rel=1e-6)
+    assert cache_path(config).is_file() and not part.exists()
+
+
+def test_out_holding_another_run_is_an_error(tmp_path):
+    out = tmp_path / "run.pt"
+    other = tiny(lmbda=0.05)
+    save_checkpoint(out, models.create("factorized", N=8, M=12), other, key=other.key(), step=1,
+                    history=[], train_time=0.0)
+    with pytest.raises(LictutorError, match="another run"):
+        train(tiny(), out=out, cache=False, progress=False)
+
+
+def test_warm_start(monkeypatch, tmp_path):
+    torch.manual_seed(1)
+    init = models.create("factorized", N=8, M=12)
+    config = tiny(steps=1, warmup=0, lr=1e-9, aux_lr=1e-9)
+    model, _ = train(config, init_from=init.state_dict(), progress=False)
+    assert_same_weights(init, model, atol=1e-6, buffers=False)  # one step of lr 1e-9 from init
+
+    path = tmp_path / "init.pt"
+    save_checkpoint(path, init, config)
+    no_training(monkeypatch)  # the same weights from a file: the same cache entry
+    from_file, _ = train(config, init_from=path, progress=False)
+    assert_same_weights(model, from_file)
+
+    with pytest.raises(LictutorError, match="do not fit"):
+        train(config, init_from=models.create("factorized", N=16, M=12).state_dict(), progress=False)
+
+
+def test_nan_guard_names_the_step():
+    with pytest.raises(LictutorError, match=r"diverged at step \d of 5: loss nan"):
+        train(tiny(lr=1e30), cache=False, progress=False)
+
+
+def test_trains_with_the_nlp_distortion():
+    _, ckpt = train(tiny(distortion="nlp", lmbda=2.0, steps=2), cache=False, progress=False, log_every=1)
+    assert len(ckpt["history"]) == 2 and all(math.isfinite(h["loss"]) for h in ckpt["history"])
+
+
+# --- checkpoint files -----------------------------------------------------------------------
+
+
+class Payload:
+    """Pickled as a class instance: weights_only loading must refuse it."""
+
+
+def test_bad_checkpoint_files(tmp_path):
+    with pytest.raises(LictutorError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(LictutorError, match="cannot read"):
+        load_checkpoint(tmp_path / "garbage.pt")
+    torch.save({"format": CHECKPOINT_FORMAT, "payload": Payload()}, tmp_path / "code.pt")
+    with pytest.raises(LictutorError, match="cannot read"):
+        load_checkpoint(tmp_path / "code.pt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(LictutorError, match="not a lictutor checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+    config = tiny()
+    save_checkpoint(tmp_path / "ok.pt", models.create("factorized", N=8, M=12), config)
+    ckpt = torch.load(tmp_path / "ok.pt", weights_only=True)
+    ckpt["model_args"] = {"N": 16, "M": 12}
+    torch.save(ckpt, tmp_path / "wrong.pt")
+    with pytest.raises(LictutorError, match="do not fit"):
+        load_checkpoint(tmp_path / "wrong.pt")
+    data = (tmp_path / "ok.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(LictutorError, match="cannot read"):
+        load_checkpoint(tmp_path / "truncated.pt")
+
+
+# --- several processes ----------------------------------------------------------------------
+
+WORKER = textwrap.dedent(
+    """
+    import json, sys
+    import torch.distributed as dist
+    from lictutor.train import TrainConfig, train
+
+    config = TrainConfig.from_dict(json.loads(sys.argv[1]))
+    train(config, out=sys.argv[2], cache=False, progress=False, log_every=1)
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_torchrun_two_processes_equal_one(tmp_path):
+    config = tiny(steps=3, batch=4)
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    out = tmp_path / "ddp.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes share the cores
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(script), json.dumps(config.to_dict()), str(out)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    single, ckpt = train(config, cache=False, progress=False, log_every=1)
+    parallel, ddp_ckpt = load_checkpoint(out)
+    assert_same_weights(single, parallel, atol=1e-5, buffers=False)  # CDF tables are integers
+    for a, b in zip(ckpt["history"], ddp_ckpt["history"]):  # logged over the global batch
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["bpp"] == pytest.approx(a["bpp"], rel=1e-5)
