@@ -5,7 +5,8 @@ Layout (big-endian; ``u8``/``u16``/``u32`` unsigned integers)::
     magic      4 bytes  b"LIC\\x1a"
     version    u8       FORMAT_VERSION
     model      u8 length, then that many ASCII bytes   e.g. "factorized"
-    config     8 bytes  first 8 bytes of sha256 of the model's configuration (N, M, ...)
+    config     8 bytes  first 8 bytes of sha256 of the model's configuration (for
+                        lictutor.evaluate: of everything its decoder uses, weights included)
     image      u16 height, u16 width                   of the original image, before padding
     shape      u8 count, then u16 each                 latent shape the decoder needs
     strings    u8 groups; per group u16 count; per string u32 length, then the bytes
@@ -27,10 +28,13 @@ from dataclasses import dataclass
 
 from lictutor.errors import LictutorError
 
-__all__ = ["MAGIC", "FORMAT_VERSION", "Payload", "config_hash", "pack", "unpack", "overhead"]
+__all__ = [
+    "MAGIC", "FORMAT_VERSION", "MAX_SIDE", "Payload", "config_hash", "pack", "unpack", "overhead",
+]
 
 MAGIC = b"LIC\x1a"
 FORMAT_VERSION = 1
+MAX_SIDE = 65535  #: largest image height or width a file can record (u16)
 
 
 @dataclass
@@ -56,7 +60,7 @@ def pack(payload: Payload) -> bytes:
     h, w = payload.image_size
     _check(len(model) < 256, "model name too long")
     _check(len(payload.config) == 8, "config hash must be 8 bytes")
-    _check(0 < h < 65536 and 0 < w < 65536, f"image size {h}x{w} out of range")
+    _check(0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE, f"image size {h}x{w} out of range")
     _check(len(payload.shape) < 256 and all(0 <= d < 65536 for d in payload.shape), "bad shape")
     _check(len(payload.strings) < 256, "too many string groups")
     out = bytearray(MAGIC)
@@ -99,7 +103,9 @@ def unpack(data: bytes, model: str | None = None, config: bytes | None = None) -
     if model is not None and name != model:
         raise LictutorError(f"this file was written by model {name!r}, not {model!r}")
     if config is not None and cfg != config:
-        raise LictutorError(f"this file was written by a {name!r} model with another configuration")
+        raise LictutorError(
+            f"this file was written by a {name!r} model with another configuration or other weights"
+        )
     if h == 0 or w == 0:
         raise LictutorError("corrupted .lic file (empty image)")
     return Payload(name, cfg, (h, w), shape, strings)

@@ -1,12 +1,17 @@
 """The ``lictutor`` command line (also ``python -m lictutor``).
 
-Each subcommand prints one clear line and exits non-zero on bad input.
+Subcommands: ``baselines`` (classical codecs), ``train``, ``compress``, ``decompress`` and
+``eval`` (learned codecs, real ``.lic`` bitstreams). Every error -- bad arguments included --
+prints one line ``lictutor: error: ...`` to stderr and exits with status 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
+import warnings
+from pathlib import Path
 
 from lictutor.errors import LictutorError
 
@@ -17,9 +22,7 @@ def _baselines(args) -> None:
     names = codecs.available_codecs() if args.codecs is None else _split(args.codecs)
     for name in names:
         codecs.get_codec(name)  # fail early on an unknown name, before any encoding
-    images = data.folder_images(args.images)
-    if args.max_images:
-        images = images[: args.max_images]
+    images = _images(args)
     print(f"{len(images)} images from {args.images}; codecs: {', '.join(names)}")
     curves = [codecs.evaluate_codec(name, images, progress=not args.quiet) for name in names]
     print(results.format_table(curves))
@@ -28,38 +31,159 @@ def _baselines(args) -> None:
         print(f"wrote {args.json}")
 
 
+def _train(args) -> None:
+    from lictutor import budget, models, train
+
+    b = budget.get_budget(args.budget)
+    known = models.MODELS.get(args.model)  # TrainConfig reports an unknown name
+    accepted = inspect.signature(known).parameters if known else ()
+    config = train.TrainConfig(
+        model=args.model,
+        model_args={k: v for k, v in {"N": b.N, "M": b.M}.items() if k in accepted},
+        lmbda=args.lmbda,
+        steps=b.steps if args.steps is None else args.steps,
+        batch=b.batch,
+        crop=b.crop,
+        lr=b.lr,
+        images=args.images,
+        budget=b.name,
+    )
+    print(f"training {config.model} {config.model_args}, λ = {config.lmbda}, "
+          f"{config.steps} steps (budget {b.name})")
+    _, ckpt = train.train(config, out=args.out, progress=not args.quiet)
+    print(f"wrote {args.out} (trained for {ckpt['train_time']:.0f} s)")
+
+
+def _compress(args) -> None:
+    from lictutor import bitstream, data, evaluate, metrics, train
+
+    model, ckpt = train.load_checkpoint(args.checkpoint)
+    img = data.load_image(args.input)
+    blob = evaluate.compress_image(model, img, ckpt["model"])
+    Path(args.output).write_bytes(blob)
+    bpp = metrics.bpp_from_bytes(len(blob), *img.shape[:2])
+    header = bitstream.overhead(bitstream.unpack(blob))
+    print(f"wrote {args.output}: {len(blob)} bytes, {bpp:.4f} bpp ({header} of them header bytes)")
+
+
+def _decompress(args) -> None:
+    from lictutor import data, evaluate, train
+
+    model, ckpt = train.load_checkpoint(args.checkpoint)
+    img = evaluate.decompress_image(model, Path(args.input).read_bytes(), ckpt["model"])
+    data.save_image(img, args.output)
+    print(f"wrote {args.output}: {img.shape[1]}×{img.shape[0]}")
+
+
+def _eval(args) -> None:
+    from lictutor import evaluate, results
+
+    images = _images(args)
+    print(f"{len(images)} images from {args.images}; {len(args.checkpoint)} checkpoint(s)")
+    curve = evaluate.evaluate_model(args.checkpoint, images, name=args.name, progress=not args.quiet)
+    print(results.format_table(curve))
+    if args.json:
+        results.save_results(curve, args.json)
+        print(f"wrote {args.json}")
+
+
+def _images(args):
+    from lictutor import data
+
+    images = data.folder_images(args.images)
+    return images[: args.max_images] if args.max_images else images
+
+
 def _split(text: str) -> list[str]:
     return [part.strip().lower() for part in text.split(",") if part.strip()]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports bad arguments as a :class:`LictutorError`, so that they get the same one line."""
+
+    def error(self, message):
+        raise LictutorError(f"{message} (see '{self.prog} --help')")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lictutor",
-        description="Learned image compression, from the book's package.",
-    )
+    parser = _Parser(prog="lictutor", description="Learned image compression, from the book's package.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser(
-        "baselines",
-        help="rate–distortion curves of classical codecs on a folder of images",
-        description="Encode every image with each classical codec over its quality range "
-        "and report bpp (from the real encoded bytes), PSNR and MS-SSIM, averaged per quality.",
+    def command(name, run, help, description):
+        p = sub.add_parser(name, help=help, description=description)
+        p.set_defaults(run=run)
+        return p
+
+    def folder_options(p):
+        p.add_argument("--images", required=True, metavar="DIR", help="folder of images")
+        p.add_argument("--json", metavar="OUT", help="write the results in CompressAI's JSON format")
+        p.add_argument("--max-images", type=int, metavar="K", help="use only the first K images")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = command(
+        "baselines", _baselines,
+        "rate–distortion curves of classical codecs on a folder of images",
+        "Encode every image with each classical codec over its quality range and report bpp "
+        "(from the real encoded bytes), PSNR and MS-SSIM, averaged per quality.",
     )
-    p.add_argument("--images", required=True, metavar="DIR", help="folder of images")
+    folder_options(p)
     p.add_argument("--codecs", metavar="LIST", help="comma-separated, e.g. jpeg,webp (default: all available)")
-    p.add_argument("--json", metavar="OUT", help="write the curves in CompressAI's results JSON format")
-    p.add_argument("--max-images", type=int, metavar="K", help="use only the first K images")
+
+    p = command(
+        "train", _train,
+        "train a learned codec and write its checkpoint",
+        "Train a model for one rate–distortion trade-off λ with the settings of a compute budget "
+        "(steps, batch, crop, channels, learning rate). A finished run is cached: the same "
+        "command again copies the cached model.",
+    )
+    p.add_argument("--model", default="factorized", help="a name in lictutor.models.MODELS (default: factorized)")
+    p.add_argument("--lmbda", type=float, required=True, metavar="λ", help="e.g. 0.0067 (MSE)")
+    p.add_argument("--images", metavar="DIR", help="training images (default: the book's offline photos)")
+    p.add_argument("--out", required=True, metavar="CKPT", help="checkpoint file to write")
+    p.add_argument("--budget", metavar="B", help="smoke, cpu or full (default: LICTUTOR_BUDGET's rule)")
+    p.add_argument("--steps", type=int, metavar="N", help="override the budget's number of steps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=_baselines)
+
+    p = command(
+        "compress", _compress,
+        "code an image to a .lic file with a trained model",
+        "Code an image (any size; grayscale and transparent images become RGB) to a .lic file.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint written by 'lictutor train'")
+    p.add_argument("input", metavar="IN.png", help="image to code")
+    p.add_argument("output", metavar="OUT.lic", help="file to write")
+
+    p = command(
+        "decompress", _decompress,
+        "decode a .lic file to a PNG",
+        "Decode a .lic file with the checkpoint that wrote it; the file is checked "
+        "(format, model, weights, CRC) before decoding.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="the checkpoint that wrote the file")
+    p.add_argument("input", metavar="IN.lic", help="file to decode")
+    p.add_argument("output", metavar="OUT.png", help="PNG to write")
+
+    p = command(
+        "eval", _eval,
+        "rate–distortion curve of trained models on a folder of images",
+        "Code every image to a real .lic bitstream with each checkpoint (one rate point each) and "
+        "report bpp (whole file), PSNR, MS-SSIM and coding times, averaged per checkpoint.",
+    )
+    p.add_argument("--checkpoint", required=True, nargs="+", metavar="CKPT", help="one or more checkpoints")
+    p.add_argument("--name", help="name of the curve (default: 'lictutor MODEL')")
+    folder_options(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # CompressAI's import triggers PyTorch's deprecation notice of torch.jit.script: noise here.
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
     try:
+        args = build_parser().parse_args(argv)
         args.run(args)
-    except LictutorError as err:
-        print(f"lictutor: error: {err}", file=sys.stderr)
+    except (LictutorError, OSError) as err:  # OSError: a file that cannot be read or written
+        first_line = (str(err).splitlines() or [type(err).__name__])[0]
+        print(f"lictutor: error: {first_line}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("lictutor: interrupted", file=sys.stderr)

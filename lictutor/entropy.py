@@ -24,6 +24,14 @@ Tables loaded from a checkpoint count as fresh for the parameters loaded with th
 so a published model decodes with exactly its published tables. ``update(force=False)``
 itself keeps CompressAI's meaning (do nothing if tables exist); ``update(force=True)``
 always rebuilds.
+
+**Damaged strings.** CompressAI's rANS decoder trusts its input: it reads past the end of a
+short string (an empty one crashes the process) and never reports an error, and its encoder
+loops forever on values near 2³¹. So symbols must lie within ±:data:`MAX_SYMBOL`, strings are
+decoded from a zero-padded copy, and a decoded string is accepted only if re-encoding its
+symbols gives back exactly the same bytes -- anything else raises :class:`LictutorError`.
+(Escape-coded values are raw bits, so a change to one of them is still a valid string: the
+container's CRC is what catches such damage.)
 """
 
 from __future__ import annotations
@@ -40,7 +48,12 @@ from lictutor.errors import LictutorError
 from lictutor.layers import LowerBound
 from lictutor.quantization import add_uniform_noise, dequantize, quantize
 
-__all__ = ["EntropyModel", "EntropyBottleneck", "pmf_to_quantized_cdf"]
+__all__ = ["EntropyModel", "EntropyBottleneck", "pmf_to_quantized_cdf", "MAX_SYMBOL"]
+
+#: Largest magnitude of a coded symbol (integer offset from the median or mean). Values
+#: outside the CDF tables are escape-coded 4 bits at a time; far beyond this the rANS
+#: coder's 32-bit arithmetic overflows. A trained model stays orders of magnitude below.
+MAX_SYMBOL = 2**24
 
 
 def pmf_to_quantized_cdf(pmf: Sequence[float], precision: int = 16) -> Tensor:
@@ -139,6 +152,12 @@ class EntropyModel(nn.Module):
                 "x and indexes must have the same shape, "
                 f"got {tuple(x.shape)} and {tuple(indexes.shape)}"
             )
+        centered = x if medians is None else x - medians
+        if not bool(torch.all(centered.abs() <= MAX_SYMBOL)):  # also False for NaN
+            raise LictutorError(
+                f"cannot entropy-code latent values beyond ±{MAX_SYMBOL} or not finite "
+                "(has the model diverged?)"
+            )
         self._ensure_tables()
         symbols = quantize(x, "symbols", medians)
         cdfs, lengths, offsets = self._tables_as_lists()
@@ -173,14 +192,20 @@ class EntropyModel(nn.Module):
                 f"got {len(strings)} strings for a batch of {indexes.size(0)} index maps"
             )
         self._ensure_tables()
-        cdfs, lengths, offsets = self._tables_as_lists()
-        decoder = ans.RansDecoder()
+        tables = self._tables_as_lists()
+        decoder, encoder = ans.RansDecoder(), ans.RansEncoder()
         symbols = torch.empty(indexes.shape, dtype=torch.int32)
         for i, s in enumerate(strings):
-            values = decoder.decode_with_indexes(
-                bytes(s), indexes[i].reshape(-1).int().tolist(), cdfs, lengths, offsets
-            )
-            symbols[i] = torch.tensor(values, dtype=torch.int32).reshape(symbols[i].shape)
+            s, index = bytes(s), indexes[i].reshape(-1).int().tolist()
+            # Zeros after the string keep a damaged string's reads inside our buffer (a valid
+            # string reads none of them): 4 bytes per symbol, plus what escape codes can read.
+            padding = bytes(8 * len(index) + 16 * len(s) + 4096)
+            values = decoder.decode_with_indexes(s + padding, index, *tables)
+            decoded = torch.tensor(values, dtype=torch.int64)
+            too_large = bool(decoded.abs().gt(MAX_SYMBOL).any())  # checked first: see MAX_SYMBOL
+            if too_large or encoder.encode_with_indexes(values, index, *tables) != s:
+                raise LictutorError(f"damaged entropy-coded string (item {i} of the batch)")
+            symbols[i] = decoded.to(torch.int32).reshape(symbols[i].shape)
         symbols = symbols.to(indexes.device)
         return dequantize(symbols, medians, dtype)
 

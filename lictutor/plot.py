@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-__all__ = ["rd_plot", "rd_figure", "show_crops", "msssim_db", "style_for"]
+__all__ = ["rd_plot", "rd_figure", "show_crops", "conditional_histogram", "msssim_db", "style_for"]
 
 # Fixed colours and markers, so that a codec looks the same in every chapter.
 _STYLES = {
@@ -140,3 +140,27 @@ def show_crops(
         ax.set_title(label, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def conditional_histogram(a, b, ax=None, bins: int = 41, limit: float | None = None, title: str | None = None):
+    """Image of the conditional histogram p(b | a) of two paired samples, each column
+    normalized to its maximum (Simoncelli's "bow-tie" plot).
+
+    Independent variables give a picture whose columns all look alike; a bow tie, columns
+    that widen with ``|a|``, shows that the *spread* of ``b`` depends on the size of ``a``,
+    the dependency divisive normalization (GDN) removes. ``limit`` bounds both axes
+    (default: the 99.5th percentile of ``|a|`` and ``|b|``). Returns the axis.
+    """
+    a, b = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
+    if a.size != b.size or a.size == 0:
+        raise ValueError("a and b must be non-empty and of equal size")
+    limit = limit or float(np.percentile(np.abs(np.concatenate([a, b])), 99.5))
+    edges = np.linspace(-limit, limit, bins + 1)
+    counts, _, _ = np.histogram2d(a, b, bins=[edges, edges])
+    counts = counts / np.maximum(counts.max(axis=1, keepdims=True), 1)
+    ax = ax or plt.gca()
+    ax.imshow(counts.T, origin="lower", extent=[-limit, limit, -limit, limit], cmap="gray_r", aspect="auto")
+    ax.set_xlabel("a"); ax.set_ylabel("b")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax

@@ -5,6 +5,7 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 
+from lictutor import plot
 from lictutor.plot import msssim_db, rd_figure, rd_plot, show_crops, style_for
 
 
@@ -61,3 +62,19 @@ def test_classical_codecs_keep_their_style():
     assert style_for("JPEG") == style_for("jpeg")
     assert style_for("JPEG 2000") != style_for("JPEG")
     assert style_for("my model", 0) != style_for("my model", 1)
+
+
+def test_conditional_histogram_columns_are_normalized():
+    import matplotlib.pyplot as plt
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=20000)
+    b = rng.normal(size=20000) * np.abs(a)  # spread of b grows with |a|: a bow tie
+    fig, ax = plt.subplots()
+    plot.conditional_histogram(a, b, ax, bins=21, limit=3)
+    image = ax.get_images()[0].get_array()
+    assert image.shape == (21, 21)
+    filled = image.max(axis=0) > 0
+    np.testing.assert_allclose(image.max(axis=0)[filled], 1.0)
+    centre, edge = image[:, 10], image[:, 2]  # the column at a≈0 is narrow, far columns wide
+    assert (centre > 0.1).sum() < (edge > 0.1).sum()
+    plt.close(fig)

@@ -1,0 +1,195 @@
+"""Real bitstreams: code images of any size to ``.lic`` files with a learned model, and measure
+rate–distortion curves from the bytes actually written.
+
+* :func:`compress_image` / :func:`decompress_image`: one ``uint8`` H×W×3 image to the bytes of
+  a ``.lic`` file (:mod:`lictutor.bitstream`) and back.
+* :func:`evaluate_model`: bpp (from whole files, header included), PSNR, MS-SSIM and coding
+  times of one or more models on a list of images, in CompressAI's results schema
+  (:mod:`lictutor.results`).
+
+The image is padded on the bottom and right, by repeating its last row and column, to a
+multiple of the model's ``downsampling_factor`` (16 for the factorized models, 64 for the
+hyperprior family), and cropped back after decoding; the file records the original size.
+
+The file's configuration hash covers every tensor the *decoder* uses: all of the model's
+state but its analysis transforms ``g_a`` and ``h_a``. A file therefore decodes only with the
+very model that wrote it (or one with the same decoder, such as a distilled encoder's), and
+decoding with another checkpoint is an error rather than a wrong image. Any problem found
+while decoding -- a damaged, truncated or forged file -- raises :class:`LictutorError`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from lictutor import bitstream
+from lictutor.data import to_tensor, to_uint8
+from lictutor.entropy import EntropyModel
+from lictutor.errors import LictutorError
+from lictutor.metrics import MS_SSIM_MIN_SIDE, bpp_from_bytes, ms_ssim, psnr
+
+__all__ = ["compress_image", "decompress_image", "evaluate_model", "pad", "latent_shape"]
+
+#: prefixes of the state-dict entries only the encoder uses (left out of the config hash)
+_ENCODER_ONLY = ("g_a.", "h_a.")
+
+
+def pad(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """Pad a (B, C, H, W) tensor on the bottom and right to multiples of ``stride`` by
+    repeating its edge (cheaper to code than a black border)."""
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, -w % stride, 0, -h % stride), mode="replicate")
+
+
+def latent_shape(height: int, width: int, stride: int) -> tuple[int, int]:
+    """The ``shape`` a model with down-sampling ``stride`` reports for an image of this size
+    (the spatial size of its smallest latent, after padding)."""
+    return -(-height // stride), -(-width // stride)
+
+
+def compress_image(model, img: np.ndarray, model_name: str) -> bytes:
+    """The bytes of a ``.lic`` file holding ``img`` (``uint8`` H×W×3) coded by ``model``.
+
+    ``model_name`` is its name in :data:`lictutor.models.MODELS` (a checkpoint's ``"model"``).
+    Stale CDF tables are rebuilt first (see :mod:`lictutor.entropy`).
+    """
+    x = to_tensor(img)[None]  # checks the image
+    height, width = img.shape[:2]
+    _check_size(height, width)
+    config = _prepare(model, model_name)
+    stride = model.downsampling_factor
+    with torch.no_grad():
+        out = model.compress(pad(x, stride).to(_device(model)))
+    shape = tuple(int(d) for d in out["shape"])
+    if shape != latent_shape(height, width, stride):
+        raise LictutorError(
+            f"{model_name}.compress() returned latent shape {shape} for a {height}×{width} image; "
+            f"expected {latent_shape(height, width, stride)} (is its downsampling_factor right?)"
+        )
+    strings = [[bytes(s) for s in group] for group in out["strings"]]
+    return bitstream.pack(bitstream.Payload(model_name, config, (height, width), shape, strings))
+
+
+def decompress_image(model, data: bytes, model_name: str) -> np.ndarray:
+    """Decode the bytes of a ``.lic`` file written by :func:`compress_image` with this model.
+
+    Returns ``uint8`` H×W×3 at the original size. A file that is damaged, truncated, or
+    written by another model or checkpoint raises :class:`LictutorError` saying so.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise LictutorError(f"expected the bytes of a .lic file, got {type(data).__name__}")
+    payload = bitstream.unpack(bytes(data), model=model_name, config=_prepare(model, model_name))
+    height, width = payload.image_size
+    _check_size(height, width)
+    stride = model.downsampling_factor
+    if payload.shape != latent_shape(height, width, stride):
+        raise LictutorError(
+            f"corrupted .lic file: latent shape {payload.shape} does not fit a {height}×{width} image"
+        )
+    if any(len(group) != 1 for group in payload.strings):
+        raise LictutorError("corrupted .lic file: expected one string per latent")
+    try:
+        with torch.no_grad():
+            x_hat = model.decompress(payload.strings, payload.shape)["x_hat"]
+    except Exception as err:  # whatever the model's code raises on data it cannot decode
+        detail = str(err) if isinstance(err, LictutorError) else f"{type(err).__name__}: {err}"
+        raise LictutorError(f"corrupted .lic file: {detail}") from None
+    padded = (1, 3, *(stride * d for d in payload.shape))
+    if tuple(x_hat.shape) != padded or not bool(torch.isfinite(x_hat).all()):
+        raise LictutorError("corrupted .lic file: the decoder produced no valid image")
+    return to_uint8(x_hat[..., :height, :width])
+
+
+def evaluate_model(models, images, name: str | None = None, progress: bool = True) -> dict:
+    """Rate–distortion curve of learned models on ``images``, in CompressAI's results schema.
+
+    ``models``: a checkpoint path, a ``(model, model_name)`` pair, or a list of these, one
+    rate point each (e.g. one checkpoint per λ). ``images``: ``(name, uint8 H×W×3)`` pairs.
+    Every image is coded to a real ``.lic`` file and decoded: ``bpp`` counts the whole file,
+    ``header_bytes`` the container's share of it; ``psnr-rgb`` and ``ms-ssim-rgb`` compare the
+    decoded image; ``encoding_time`` and ``decoding_time`` are wall-clock seconds. Each point
+    is the mean over images (MS-SSIM over those at least 161 px on a side) and points are
+    sorted by bpp.
+    """
+    models = [_load(m) for m in (models if isinstance(models, list) else [models])]
+    if not models or not images:
+        raise LictutorError("evaluate_model needs at least one model and one image")
+    keys = ("bpp", "header_bytes", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time")
+    points = []
+    bar = tqdm(total=len(models) * len(images), desc="evaluate", disable=not progress)
+    for model, model_name in models:
+        rows = []
+        for _, img in images:
+            start = time.perf_counter()
+            data = compress_image(model, img, model_name)
+            encoded = time.perf_counter()
+            rec = decompress_image(model, data, model_name)
+            decoded = time.perf_counter()
+            small = min(img.shape[:2]) < MS_SSIM_MIN_SIDE
+            rows.append([
+                bpp_from_bytes(len(data), *img.shape[:2]),
+                bitstream.overhead(bitstream.unpack(data)),
+                psnr(img, rec),
+                math.nan if small else ms_ssim(img, rec),
+                encoded - start,
+                decoded - encoded,
+            ])
+            bar.update()
+        points.append([_mean(column) for column in np.array(rows, dtype=float).T])
+    bar.close()
+    points.sort(key=lambda p: p[0])
+    names = sorted({model_name for _, model_name in models})
+    return {
+        "name": name or f"lictutor {'/'.join(names)}",
+        "description": f"{', '.join(names)}; real .lic bitstreams, {len(images)} images",
+        "results": {k: [p[i] for p in points] for i, k in enumerate(keys)},
+    }
+
+
+def _mean(values: np.ndarray) -> float:
+    """Mean of the values that are not NaN (NaN if none is)."""
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else math.nan
+
+
+def _load(item):
+    """``(model, model_name)`` from a checkpoint path or such a pair."""
+    from lictutor.train import load_checkpoint
+
+    if isinstance(item, (str, os.PathLike)):
+        model, ckpt = load_checkpoint(item)
+        return model, ckpt["model"]
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], str):
+        return item
+    raise LictutorError(f"expected a checkpoint path or a (model, model_name) pair, got {item!r:.80}")
+
+
+def _prepare(model, model_name: str) -> bytes:
+    """Rebuild stale CDF tables, then hash the decoder's configuration and weights."""
+    from lictutor.train import _weights_digest
+
+    for module in model.modules():
+        if isinstance(module, EntropyModel) and module.tables_stale():
+            module.update(force=True)
+    decoder = {k: v for k, v in model.state_dict().items() if not k.startswith(_ENCODER_ONLY)}
+    return bitstream.config_hash({"model": model_name, "decoder": _weights_digest(decoder)})
+
+
+def _check_size(height: int, width: int) -> None:
+    """Refuse sizes a file cannot record, and decompression bombs (Pillow's pixel limit)."""
+    side, limit = bitstream.MAX_SIDE, Image.MAX_IMAGE_PIXELS
+    if not (0 < height <= side and 0 < width <= side) or (limit and height * width > limit):
+        pixels = f" and {limit} pixels (Pillow's Image.MAX_IMAGE_PIXELS)" if limit else ""
+        raise LictutorError(f"image size {height}×{width} is out of range: at most {side} px a side{pixels}")
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device

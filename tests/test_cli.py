@@ -1,0 +1,137 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lictutor import codecs, data, evaluate, train
+from lictutor.cli import main
+
+COMMANDS = ("baselines", "train", "compress", "decompress", "eval")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Three small PNG crops of built-in photos, one of an odd size."""
+    photos = data.builtin_photos()
+    root = tmp_path_factory.mktemp("images")
+    data.save_image(photos["astronaut"][:48, :64], root / "a.png")
+    data.save_image(photos["coffee"][100:148, 200:264], root / "b.png")
+    data.save_image(photos["chelsea"][50:87, 100:153], root / "c.png")  # 37×53
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Two tiny models trained through the CLI (smoke budget, 2 steps), at two λ."""
+    root = tmp_path_factory.mktemp("train")
+    paths = [root / "low.pt", root / "high.pt"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LICTUTOR_HOME", str(root / "home"))  # the training cache goes here
+        for path, lmbda in zip(paths, ("0.002", "0.05")):
+            args = ["train", "--budget", "smoke", "--steps", "2", "--lmbda", lmbda, "--out", str(path), "--quiet"]
+            assert main(args) == 0
+    return paths
+
+
+def run(capsys, *args):
+    """``main(args)`` in-process: (exit status, stdout, stderr)."""
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_baselines_writes_curves_from_real_bytes(folder, tmp_path, capsys):
+    out = tmp_path / "baselines.json"
+    code, stdout, _ = run(capsys, "baselines", "--images", folder, "--json", out, "--quiet")
+    assert code == 0 and f"wrote {out}" in stdout
+    curves = json.loads(out.read_text())
+    names = codecs.available_codecs()
+    assert [c["name"] for c in curves] == [codecs.get_codec(n).label for n in names]
+    images = data.folder_images(folder)
+    for name, curve in zip(names, curves):
+        res = curve["results"]
+        assert len(res["bpp"]) >= 5 and res["bpp"] == sorted(res["bpp"])
+        codec = codecs.get_codec(name)
+        for i in (0, -1):  # the cheapest and the dearest point, re-encoded here
+            sizes = [len(codec.encode(img, res["quality"][i])) for _, img in images]
+            bpp = np.mean([8 * n / (img.shape[0] * img.shape[1]) for n, (_, img) in zip(sizes, images)])
+            assert res["bpp"][i] == pytest.approx(bpp), name
+
+
+def test_train_compress_decompress_eval(checkpoints, folder, tmp_path, capsys):
+    low, high = checkpoints
+    ckpt = train.load_checkpoint(low)[1]
+    assert ckpt["model"] == "factorized" and ckpt["model_args"] == {"N": 16, "M": 24}
+    assert ckpt["config"]["steps"] == 2 and ckpt["config"]["lmbda"] == 0.002
+
+    lic, png = tmp_path / "c.lic", tmp_path / "c.png"
+    code, stdout, _ = run(capsys, "compress", "--checkpoint", low, folder / "c.png", lic)
+    assert code == 0 and f"{lic.stat().st_size} bytes" in stdout
+    model, _ = train.load_checkpoint(low)
+    img = data.load_image(folder / "c.png")
+    assert lic.read_bytes() == evaluate.compress_image(model, img, "factorized")
+
+    code, stdout, _ = run(capsys, "decompress", "--checkpoint", low, lic, png)
+    assert code == 0 and "53×37" in stdout
+    assert np.array_equal(data.load_image(png), evaluate.decompress_image(model, lic.read_bytes(), "factorized"))
+
+    out = tmp_path / "eval.json"
+    code, stdout, _ = run(capsys, "eval", "--checkpoint", low, high, "--images", folder, "--json", out, "--quiet")
+    assert code == 0
+    curve = json.loads(out.read_text())  # one curve, as CompressAI's eval_model writes
+    assert curve["name"] == "lictutor factorized"
+    images = data.folder_images(folder)
+
+    def mean_bpp(path):  # from the sizes of the files
+        net, _ = train.load_checkpoint(path)
+        return np.mean([8 * len(evaluate.compress_image(net, im, "factorized")) / im[..., 0].size for _, im in images])
+
+    assert curve["results"]["bpp"] == pytest.approx(sorted([mean_bpp(low), mean_bpp(high)]))
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: lictutor {command}")
+
+
+def test_errors_are_one_line(checkpoints, folder, tmp_path, capsys):
+    low, high = checkpoints
+    lic = tmp_path / "a.lic"
+    assert run(capsys, "compress", "--checkpoint", low, folder / "a.png", lic)[0] == 0
+    (tmp_path / "empty").mkdir()
+    cases = {
+        "frobnicate": ("frobnicate",),
+        "required": ("compress",),
+        "unknown model": ("train", "--model", "nope", "--lmbda", "0.01", "--out", tmp_path / "x.pt"),
+        "lmbda": ("train", "--lmbda", "-1", "--out", tmp_path / "x.pt", "--budget", "smoke"),
+        "unknown budget": ("train", "--lmbda", "0.01", "--out", tmp_path / "x.pt", "--budget", "huge"),
+        "no checkpoint": ("compress", "--checkpoint", tmp_path / "missing.pt", folder / "a.png", lic),
+        "cannot read checkpoint": ("compress", "--checkpoint", lic, folder / "a.png", tmp_path / "b.lic"),
+        "cannot read image": ("compress", "--checkpoint", low, tmp_path / "missing.png", tmp_path / "b.lic"),
+        "No such file": ("compress", "--checkpoint", low, folder / "a.png", tmp_path / "no" / "dir" / "b.lic"),
+        "other weights": ("decompress", "--checkpoint", high, lic, tmp_path / "a.png"),
+        "not a .lic file": ("decompress", "--checkpoint", low, folder / "a.png", tmp_path / "a.png"),
+        "no images": ("eval", "--checkpoint", low, "--images", tmp_path / "empty"),
+        "unknown codec": ("baselines", "--images", folder, "--codecs", "jpeg,bpg"),
+    }
+    for expected, args in cases.items():
+        code, _, err = run(capsys, *args)
+        assert code == 1, args
+        assert err.startswith("lictutor: error: ") and err.count("\n") == 1, err
+        assert expected in err, err
+    assert not (tmp_path / "a.png").exists() and not (tmp_path / "b.lic").exists()
+
+
+def test_python_dash_m(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "lictutor", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0
+    assert all(command in done.stdout for command in COMMANDS)
+    done = subprocess.run([sys.executable, "-m", "lictutor", "decompress", "--checkpoint",
+                           str(tmp_path / "missing.pt"), "x.lic", "x.png"], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr == f"lictutor: error: no checkpoint at '{tmp_path / 'missing.pt'}'\n"
