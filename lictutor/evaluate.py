@@ -174,13 +174,13 @@ def _load(item):
 
 def _prepare(model, model_name: str) -> bytes:
     """Rebuild stale CDF tables, then hash the decoder's configuration and weights."""
-    from lictutor.train import _weights_digest
+    from lictutor.train import weights_digest
 
     for module in model.modules():
         if isinstance(module, EntropyModel) and module.tables_stale():
             module.update(force=True)
     decoder = {k: v for k, v in model.state_dict().items() if not k.startswith(_ENCODER_ONLY)}
-    return bitstream.config_hash({"model": model_name, "decoder": _weights_digest(decoder)})
+    return bitstream.config_hash({"model": model_name, "decoder": weights_digest(decoder)})
 
 
 def _check_size(height: int, width: int) -> None:

@@ -55,6 +55,7 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
     "cache_path",
+    "weights_digest",
 ]
 
 CHECKPOINT_FORMAT = "lictutor-checkpoint-1"
@@ -136,7 +137,7 @@ class TrainConfig:
         checkpoint cache key."""
         settings = self.to_dict()
         if init_from is not None:
-            settings["init_from"] = _weights_digest(_init_state(init_from))
+            settings["init_from"] = weights_digest(_init_state(init_from))
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -244,7 +245,7 @@ def _init_state(init_from: InitWeights) -> Mapping[str, Tensor]:
     return _read_checkpoint(init_from)["state_dict"]
 
 
-def _weights_digest(state_dict: Mapping[str, Tensor]) -> str:
+def weights_digest(state_dict: Mapping[str, Tensor]) -> str:
     """A hash of the names, shapes and values of ``state_dict``'s tensors."""
     h = hashlib.sha256()
     for name in sorted(state_dict):
