@@ -340,11 +340,18 @@ class EntropyBottleneck(EntropyModel):
     def _get_medians(self) -> Tensor:
         return self.quantiles[:, :, 1:2]  # (C, 1, 1)
 
-    def forward(self, x: Tensor, training: Optional[bool] = None) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, training: Optional[bool] = None,
+                mode: Optional[str] = None) -> Tuple[Tensor, Tensor]:
         """``(y_hat, likelihoods)``, both shaped like ``x`` (B, C, ...).
 
         Training: ``y_hat = x + U(-1/2, 1/2)``. Evaluation: ``y_hat = round(x - m) + m``
         with ``m`` the channel medians. ``training`` defaults to ``self.training``.
+
+        ``mode`` picks another training relaxation (:mod:`lictutor.quantization`):
+        ``"noise"`` (the default above), ``"ste"`` (rounded values with an identity
+        gradient, for both ``y_hat`` and the likelihoods) or ``"mixed"`` (``y_hat``
+        rounded with STE for the decoder, likelihoods of the noisy values for the rate).
+        In evaluation ``mode`` is ignored: values are always rounded.
 
         The noise is drawn on ``x`` as it comes, batch first (so that
         :func:`lictutor.quantization.sample_seeds` works); CompressAI draws it after
@@ -358,10 +365,10 @@ class EntropyBottleneck(EntropyModel):
                 f"expected (B, {self.channels}, ...) input, got shape {tuple(x.shape)}"
             )
         medians = self._get_medians().reshape(1, self.channels, *([1] * (x.dim() - 2)))
-        if training:
-            outputs = add_uniform_noise(x)
-        else:
-            outputs = quantize(x, "dequantize", medians)
+        mode = (mode or "noise") if training else "dequantize"
+        if mode not in ("noise", "ste", "mixed", "dequantize"):
+            raise LictutorError(f"unknown training quantization {mode!r}; use noise, ste or mixed")
+        outputs = quantize(x, "noise" if mode == "mixed" else mode, medians)
 
         # (B, C, ...) -> (C, B, ...) -> (C, 1, N): a row of values per channel.
         perm = (1, 0, *range(2, x.dim()))  # swaps B and C; its own inverse
@@ -370,6 +377,8 @@ class EntropyBottleneck(EntropyModel):
         if self.use_likelihood_bound:
             likelihood = self.likelihood_lower_bound(likelihood)
         likelihood = likelihood.reshape(per_channel.shape).permute(*perm).contiguous()
+        if mode == "mixed":
+            outputs = quantize(x, "ste", medians)
         return outputs, likelihood
 
     def loss(self) -> Tensor:

@@ -76,6 +76,7 @@ class TrainConfig:
     model_args: dict = field(default_factory=dict)  #: e.g. ``{"N": 128, "M": 192}``
     lmbda: float = 0.0067
     distortion: str = "mse"  #: "mse", "ms-ssim" or "nlp"
+    quantization: str = "noise"  #: training relaxation: "noise", "ste" or "mixed"
     steps: int = 1000
     batch: int = 8  #: global batch, split evenly over processes
     crop: int = 128  #: side of the square training crops, a multiple of the model's down-sampling
@@ -95,6 +96,8 @@ class TrainConfig:
             object.__setattr__(self, "images", os.fspath(self.images))
         if self.model not in models.MODELS:
             raise LictutorError(f"unknown model {self.model!r}; available: {', '.join(models.MODELS)}")
+        if self.quantization not in ("noise", "ste", "mixed"):
+            raise LictutorError(f"unknown quantization {self.quantization!r}; use noise, ste or mixed")
         if self.distortion not in DISTORTIONS:
             raise LictutorError(f"unknown distortion {self.distortion!r}; use one of {', '.join(DISTORTIONS)}")
         for name in ("steps", "batch", "crop"):
@@ -333,6 +336,7 @@ def train(
     model = models.create(config.model, **config.model_args)
     if init_state is not None:
         _load_weights(model, init_state, "init_from")
+    model.quantization = config.quantization
     model.to(device)
     main_params = [p for n, p in model.named_parameters() if not _is_aux(n)]
     aux_params = [p for n, p in model.named_parameters() if _is_aux(n)]

@@ -205,3 +205,22 @@ def test_bad_inputs_raise_lictutor_error():
         eb.compress(torch.randn(1, 3, 2, 2))
     with pytest.raises(LictutorError):
         eb.decompress("not a list", (2, 2))
+
+
+def test_training_relaxations_ste_and_mixed():
+    torch.manual_seed(0)
+    eb = EntropyBottleneck(3).train()
+    y = (torch.randn(2, 3, 4, 4) * 3).requires_grad_()
+    medians = eb.quantiles[:, 0, 1].detach().reshape(1, 3, 1, 1)
+    rounded = torch.round(y - medians) + medians
+    ste, lik_ste = eb(y, mode="ste")
+    torch.testing.assert_close(ste, rounded)
+    _, lik_round = eb(y, training=False)
+    torch.testing.assert_close(lik_ste, lik_round)  # the rate of the rounded values
+    ste.sum().backward()
+    torch.testing.assert_close(y.grad, torch.ones_like(y))  # identity gradient
+    mixed, lik_mixed = eb(y, mode="mixed")
+    torch.testing.assert_close(mixed, rounded)
+    assert not torch.allclose(lik_mixed, lik_round)  # noisy values' likelihoods
+    with pytest.raises(LictutorError, match="quantization"):
+        eb(y, mode="bogus")

@@ -103,6 +103,7 @@ def test_unknown_distortion():
         ({"crop": 72}, "multiple of 16"),
         ({"distortion": "ms-ssim"}, "at least 161"),
         ({"model_args": {"N": object()}}, "plain values"),
+        ({"quantization": "dither"}, "unknown quantization"),
     ],
 )
 def test_bad_config(changes, message):
@@ -231,6 +232,13 @@ def test_nan_guard_names_the_step():
 def test_trains_with_the_nlp_distortion():
     _, ckpt = train(tiny(distortion="nlp", lmbda=2.0, steps=2), cache=False, progress=False, log_every=1)
     assert len(ckpt["history"]) == 2 and all(math.isfinite(h["loss"]) for h in ckpt["history"])
+
+
+@pytest.mark.parametrize("mode", ["ste", "mixed"])
+def test_trains_with_other_relaxations(mode):
+    model, ckpt = train(tiny(quantization=mode, steps=2), cache=False, progress=False, log_every=1)
+    assert model.quantization == mode and all(math.isfinite(h["loss"]) for h in ckpt["history"])
+    assert tiny(quantization=mode).key() != tiny().key()
 
 
 # --- checkpoint files -----------------------------------------------------------------------

@@ -34,6 +34,9 @@ class CompressionModel(nn.Module):
 
     #: total down-sampling of the analysis transform; pad inputs to a multiple of it.
     downsampling_factor: int = 16
+    #: how ``forward`` relaxes quantization in training: "noise", "ste" or "mixed"
+    #: (see :mod:`lictutor.quantization`); the trainer sets it from its config.
+    quantization: str = "noise"
 
     def aux_loss(self) -> Tensor:
         """Sum of the entropy bottlenecks' quantile losses (train with its own optimizer,

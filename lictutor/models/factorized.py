@@ -35,13 +35,13 @@ class _FactorizedCodec(CompressionModel):
     entropy_bottleneck: EntropyBottleneck
 
     def forward(self, x: Tensor) -> Dict[str, object]:
-        """Training/evaluation pass: noisy (train) or rounded (eval) latents.
+        """Training/evaluation pass: relaxed (train, see ``quantization``) or rounded (eval) latents.
 
         Returns ``{"x_hat": ..., "likelihoods": {"y": ...}}``; the rate in bits is
         ``-log2(likelihoods).sum()``.
         """
         y = self.g_a(x)
-        y_hat, y_likelihoods = self.entropy_bottleneck(y)
+        y_hat, y_likelihoods = self.entropy_bottleneck(y, mode=self.quantization)
         x_hat = self.g_s(y_hat)
         return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods}}
 
