@@ -370,16 +370,25 @@ class EntropyBottleneck(EntropyModel):
             raise LictutorError(f"unknown training quantization {mode!r}; use noise, ste or mixed")
         outputs = quantize(x, "noise" if mode == "mixed" else mode, medians)
 
-        # (B, C, ...) -> (C, B, ...) -> (C, 1, N): a row of values per channel.
-        perm = (1, 0, *range(2, x.dim()))  # swaps B and C; its own inverse
-        per_channel = outputs.permute(*perm)
-        likelihood, _, _ = self._likelihood(per_channel.reshape(self.channels, 1, -1))
-        if self.use_likelihood_bound:
-            likelihood = self.likelihood_lower_bound(likelihood)
-        likelihood = likelihood.reshape(per_channel.shape).permute(*perm).contiguous()
+        likelihood = self.likelihood(outputs)
         if mode == "mixed":
             outputs = quantize(x, "ste", medians)
         return outputs, likelihood
+
+    def likelihood(self, values: Tensor) -> Tensor:
+        """``p(v) = c(v + 1/2) − c(v − 1/2)`` for ``values`` (B, C, ...) taken as they are.
+
+        ``c`` is the learned cumulative of the channel. For noisy values this is the density
+        of ``y + u`` (the learned density convolved with a unit box); at rounded values it
+        is the probability mass the coder uses. Bounded below by ``likelihood_bound``.
+        """
+        # (B, C, ...) -> (C, B, ...) -> (C, 1, N): a row of values per channel.
+        perm = (1, 0, *range(2, values.dim()))  # swaps B and C; its own inverse
+        per_channel = values.permute(*perm)
+        likelihood, _, _ = self._likelihood(per_channel.reshape(self.channels, 1, -1))
+        if self.use_likelihood_bound:
+            likelihood = self.likelihood_lower_bound(likelihood)
+        return likelihood.reshape(per_channel.shape).permute(*perm).contiguous()
 
     def loss(self) -> Tensor:
         """Aux loss: ``sum |logit c(quantiles) - target|``, moving only ``quantiles``

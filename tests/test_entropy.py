@@ -224,3 +224,14 @@ def test_training_relaxations_ste_and_mixed():
     assert not torch.allclose(lik_mixed, lik_round)  # noisy values' likelihoods
     with pytest.raises(LictutorError, match="quantization"):
         eb(y, mode="bogus")
+
+
+def test_likelihood_is_a_density_that_sums_to_one_at_the_integers():
+    torch.manual_seed(0)
+    eb = EntropyBottleneck(2)
+    grid = torch.arange(-300.0, 301.0).reshape(1, 1, -1).expand(1, 2, -1)
+    pmf = eb.likelihood(grid)
+    torch.testing.assert_close(pmf.sum(-1), torch.ones(1, 2), atol=1e-3, rtol=0)
+    fine = torch.linspace(-300, 300, 60001).reshape(1, 1, -1).expand(1, 2, -1)
+    area = torch.trapezoid(eb.likelihood(fine), fine, dim=-1)  # a density of y + u
+    torch.testing.assert_close(area, torch.ones(1, 2), atol=1e-3, rtol=0)
