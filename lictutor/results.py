@@ -117,3 +117,43 @@ def format_table(results):
             msssim = f"{res['ms-ssim-rgb'][i]:.4f}" if "ms-ssim-rgb" in res else "-"
             lines.append(f"{result['name']:<24} {quality:>8} {bpp:>7.3f} {res['psnr-rgb'][i]:>9.2f} {msssim:>8}")
     return "\n".join(lines)
+
+
+def bd_rows(curves, anchor_curve, method="akima"):
+    """BD numbers of each curve against ``anchor_curve``, one dict per curve:
+    ``{"name", "bd_rate": %, "bd_psnr": dB, "bd_rate_msssim": %, "note"}``.
+
+    BD-rate and BD-PSNR use PSNR; ``bd_rate_msssim`` uses MS-SSIM in dB
+    (:func:`lictutor.plot.msssim_db`). A number a pair of curves does not allow (too few
+    points, quality not rising with rate, no overlap) is NaN, and ``note`` says why.
+    """
+    from lictutor.metrics import bd_psnr, bd_rate
+    from lictutor.plot import msssim_db
+
+    a = anchor_curve["results"]
+    rows = []
+    for curve in curves:
+        r = curve["results"]
+        row = {"name": curve["name"], "bd_rate": math.nan, "bd_psnr": math.nan,
+               "bd_rate_msssim": math.nan, "note": ""}
+        try:
+            row["bd_rate"] = bd_rate(a["bpp"], a["psnr-rgb"], r["bpp"], r["psnr-rgb"], method)
+            row["bd_psnr"] = bd_psnr(a["bpp"], a["psnr-rgb"], r["bpp"], r["psnr-rgb"], method)
+            if "ms-ssim-rgb" in a and "ms-ssim-rgb" in r:
+                row["bd_rate_msssim"] = bd_rate(a["bpp"], msssim_db(a["ms-ssim-rgb"]),
+                                                r["bpp"], msssim_db(r["ms-ssim-rgb"]), method)
+        except LictutorError as err:
+            row["note"] = str(err)
+        rows.append(row)
+    return rows
+
+
+def format_bd_table(rows, anchor_name):
+    """:func:`bd_rows` as a plain-text table (negative BD-rate: fewer bits than the anchor)."""
+    lines = [f"against {anchor_name}:",
+             f"{'codec':<28}{'BD-rate':>10}{'BD-PSNR':>10}{'BD-rate':>10}",
+             f"{'':<28}{'(PSNR)':>10}{'[dB]':>10}{'(MS-SSIM)':>10}"]
+    for row in rows:
+        lines.append(f"{row['name']:<28}{row['bd_rate']:>+9.1f}%{row['bd_psnr']:>+10.2f}{row['bd_rate_msssim']:>+9.1f}%"
+                     + (f"   ({row['note']})" if row["note"] else ""))
+    return "\n".join(lines)

@@ -50,6 +50,7 @@ from lictutor.errors import LictutorError
 
 __all__ = [
     "TrainConfig",
+    "budget_config",
     "RateDistortionLoss",
     "train",
     "load_checkpoint",
@@ -142,6 +143,24 @@ class TrainConfig:
         if init_from is not None:
             settings["init_from"] = weights_digest(_init_state(init_from))
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def budget_config(budget, lmbda: float, model: str = "factorized", **changes) -> TrainConfig:
+    """The :class:`TrainConfig` a chapter trains with under ``budget``
+    (a :class:`lictutor.budget.Budget`): its steps, batch, crop, widths ``N``/``M``, peak
+    learning rate, and a warm-up of 5 % of the steps; ``changes`` override any field.
+
+    Chapters that train the same model at the same λ share one configuration, so the
+    checkpoint cache lets a later chapter load what an earlier one trained.
+    """
+    settings = dict(
+        model=model, model_args={"N": budget.N, "M": budget.M}, lmbda=lmbda, steps=budget.steps,
+        batch=budget.batch, crop=budget.crop, lr=budget.lr, warmup=budget.steps // 20, budget=budget.name,
+    )
+    settings.update(changes)
+    if "steps" in changes and "warmup" not in changes:
+        settings["warmup"] = settings["steps"] // 20
+    return TrainConfig(**settings)
 
 
 class RateDistortionLoss(nn.Module):

@@ -92,3 +92,19 @@ def test_format_table():
     assert table[1].split() == ["my-model", "-", "0.150", "28.10", "0.9300"]
     assert len(table) == 1 + 3 + len(anchor("paper-mbt2018")["results"]["bpp"])
     assert format_table(RESULT).splitlines()[1:] == table[1:4]
+
+
+def test_bd_rows_and_table():
+    from lictutor.results import bd_rows, format_bd_table
+
+    anchor = {"name": "A", "results": {"bpp": [0.25, 0.5, 1.0, 2.0], "psnr-rgb": [26, 29, 32, 35],
+                                       "ms-ssim-rgb": [0.90, 0.95, 0.975, 0.9875]}}
+    half = {"name": "B", "results": {"bpp": [0.125, 0.25, 0.5, 1.0], "psnr-rgb": [26, 29, 32, 35],
+                                     "ms-ssim-rgb": [0.90, 0.95, 0.975, 0.9875]}}
+    broken = {"name": "C", "results": {"bpp": [0.2, 0.4], "psnr-rgb": [30, 28]}}
+    rows = bd_rows([half, broken], anchor)
+    assert rows[0]["bd_rate"] == pytest.approx(-50.0) and rows[0]["bd_rate_msssim"] == pytest.approx(-50.0)
+    assert rows[0]["bd_psnr"] > 0 and rows[0]["note"] == ""
+    assert math.isnan(rows[1]["bd_rate"]) and "monotonic" in rows[1]["note"]
+    table = format_bd_table(rows, "A")
+    assert "-50.0%" in table and "monotonic" in table

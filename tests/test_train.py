@@ -306,3 +306,16 @@ def test_torchrun_two_processes_equal_one(tmp_path):
     for a, b in zip(ckpt["history"], ddp_ckpt["history"]):  # logged over the global batch
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
         assert b["bpp"] == pytest.approx(a["bpp"], rel=1e-5)
+
+
+def test_budget_config_follows_the_budget():
+    from lictutor.budget import BUDGETS
+    from lictutor.train import budget_config
+
+    smoke = BUDGETS["smoke"]
+    config = budget_config(smoke, 0.01)
+    assert (config.steps, config.batch, config.crop, config.lr) == (smoke.steps, smoke.batch, smoke.crop, smoke.lr)
+    assert config.model_args == {"N": smoke.N, "M": smoke.M} and config.budget == "smoke"
+    assert config.warmup == smoke.steps // 20
+    short = budget_config(smoke, 0.01, steps=10, quantization="ste")
+    assert (short.steps, short.warmup, short.quantization) == (10, 0, "ste")
