@@ -18,7 +18,8 @@ import numpy as np
 from lictutor.errors import LictutorError
 from lictutor.metrics import entropy_bits, ms_ssim, psnr
 
-__all__ = ["dct_basis", "klt_basis", "to_blocks", "from_blocks", "transform_code", "transform_code_curve"]
+__all__ = ["dct_basis", "klt_basis", "ycbcr", "rgb", "to_blocks", "from_blocks", "neighbour_pairs",
+           "transform_code", "transform_code_curve"]
 
 # ITU-R BT.601 RGB <-> YCbCr (full range), as JPEG uses; orthogonality is not needed.
 _YCBCR = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
@@ -51,11 +52,13 @@ def from_blocks(blocks: np.ndarray, shape: tuple[int, int], n: int) -> np.ndarra
     return blocks.reshape(h // n, w // n, n, n).transpose(0, 2, 1, 3).reshape(h, w)
 
 
-def _ycbcr(img: np.ndarray) -> np.ndarray:
+def ycbcr(img: np.ndarray) -> np.ndarray:
+    """uint8 RGB to float YCbCr (JPEG's full-range BT.601), luma centred on 0."""
     return img.astype(np.float64) @ _YCBCR.T - np.array([128.0, 0.0, 0.0])
 
 
-def _rgb(ycc: np.ndarray) -> np.ndarray:
+def rgb(ycc: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`ycbcr` (float, not clipped)."""
     return (ycc + np.array([128.0, 0.0, 0.0])) @ np.linalg.inv(_YCBCR).T
 
 
@@ -63,10 +66,26 @@ def klt_basis(images, n: int = 8) -> np.ndarray:
     """The Karhunen–Loève transform: eigenvectors of the covariance of ``n×n`` luma blocks of
     ``images`` (uint8 RGB arrays), as rows sorted by decreasing variance. Orthonormal; on
     natural images it comes out close to the DCT."""
-    blocks = np.concatenate([to_blocks(_ycbcr(img)[..., 0], n) for img in images])
+    blocks = np.concatenate([to_blocks(ycbcr(img)[..., 0], n) for img in images])
     blocks = blocks - blocks.mean(axis=0)
     eigenvalues, vectors = np.linalg.eigh(blocks.T @ blocks / len(blocks))
     return vectors[:, np.argsort(eigenvalues)[::-1]].T
+
+
+def neighbour_pairs(images, basis: np.ndarray, k: int):
+    """Coefficient ``k`` of the luma of horizontally adjacent blocks, as two arrays ``(a, b)``.
+
+    Linear transforms decorrelate such pairs but leave their magnitudes dependent, the
+    dependency divisive normalization targets (chapter 1).
+    """
+    n = int(round(np.sqrt(basis.shape[0])))
+    a, b = [], []
+    for img in images:
+        coefficients = to_blocks(ycbcr(img)[..., 0], n) @ basis[k]
+        grid = coefficients.reshape(img.shape[0] // n, img.shape[1] // n)
+        a.append(grid[:, :-1].ravel())
+        b.append(grid[:, 1:].ravel())
+    return np.concatenate(a), np.concatenate(b)
 
 
 def transform_code(img: np.ndarray, basis: np.ndarray, step: float):
@@ -82,14 +101,14 @@ def transform_code(img: np.ndarray, basis: np.ndarray, step: float):
         raise LictutorError(f"basis must be (n², n²), got {basis.shape}")
     if step <= 0:
         raise LictutorError(f"quantization step must be positive, got {step}")
-    ycc = _ycbcr(img)
+    ycc = ycbcr(img)
     h, w = (img.shape[0] // n) * n, (img.shape[1] // n) * n
     out, bits = np.empty((h, w, 3)), 0.0
     for c in range(3):
         q = np.round(to_blocks(ycc[..., c], n) @ basis.T / step)
         bits += sum(entropy_bits(q[:, k]) * len(q) for k in range(n * n))
         out[..., c] = from_blocks(q * step @ basis, (h, w), n)
-    return np.clip(np.round(_rgb(out)), 0, 255).astype(np.uint8), bits
+    return np.clip(np.round(rgb(out)), 0, 255).astype(np.uint8), bits
 
 
 def transform_code_curve(images, basis, steps, name="transform code"):

@@ -43,3 +43,13 @@ def test_bad_input():
         tc.transform_code(img, tc.dct_basis(), 1.0)
     with pytest.raises(LictutorError, match="positive"):
         tc.transform_code(np.zeros((16, 16, 3), np.uint8), tc.dct_basis(), 0)
+
+
+def test_neighbour_pairs_are_adjacent_blocks():
+    img = data.eval_images(count=1, size=64)[0][1]
+    a, b = tc.neighbour_pairs([img], tc.dct_basis(), 0)
+    dc = tc.to_blocks(tc.ycbcr(img)[..., 0], 8).mean(axis=1) * 8  # DC = 8 × block mean
+    grid = dc.reshape(8, 8)
+    np.testing.assert_allclose(a, grid[:, :-1].ravel())
+    np.testing.assert_allclose(b, grid[:, 1:].ravel())
+    np.testing.assert_allclose(tc.rgb(tc.ycbcr(img)), img, atol=1e-9)
