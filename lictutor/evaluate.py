@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text bars: they render in terminals, notebooks and the built book
 
 from lictutor import bitstream
 from lictutor.data import to_tensor, to_uint8
