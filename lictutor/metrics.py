@@ -71,6 +71,19 @@ def _as_nchw(x):
     return x.float() / 255 if x.dtype == torch.uint8 else x.float()
 
 
+def _image_pair(a, b, metric, min_side, why):
+    """``a`` and ``b`` as N×3×H×W tensors of one shape, each side at least ``min_side``."""
+    x, y = _as_nchw(a), _as_nchw(b)
+    if x.shape != y.shape:
+        raise LictutorError(f"{metric} needs images of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if min(x.shape[-2:]) < min_side:
+        raise LictutorError(
+            f"{metric} needs images at least {min_side} pixels on each side ({why}), "
+            f"got {x.shape[-2]}×{x.shape[-1]}"
+        )
+    return x, y
+
+
 def ms_ssim(a, b):
     """Multi-scale SSIM (Wang et al., 2003) on the 0–1 scale, via ``pytorch_msssim``.
 
@@ -79,14 +92,7 @@ def ms_ssim(a, b):
     tensor inputs give a 0-dim tensor that carries gradients, so ``1 − ms_ssim(x_hat, x)``
     is a training loss.
     """
-    x, y = _as_nchw(a), _as_nchw(b)
-    if x.shape != y.shape:
-        raise LictutorError(f"ms_ssim needs images of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-    if min(x.shape[-2:]) < MS_SSIM_MIN_SIDE:
-        raise LictutorError(
-            f"ms_ssim needs images at least {MS_SSIM_MIN_SIDE} pixels on each side "
-            f"(5 scales of an 11×11 window), got {x.shape[-2]}×{x.shape[-1]}"
-        )
+    x, y = _image_pair(a, b, "ms_ssim", MS_SSIM_MIN_SIDE, "5 scales of an 11×11 window")
     value = _ms_ssim(x, y, data_range=1.0)
     return value.item() if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) else value
 
@@ -298,14 +304,7 @@ def nlp_distance(a, b):
     over images. Images need at least :data:`NLP_MIN_SIDE` pixels on each side. Like
     :func:`ms_ssim`, NumPy inputs give a float and tensors a differentiable 0-dim tensor.
     """
-    x, y = _as_nchw(a), _as_nchw(b)
-    if x.shape != y.shape:
-        raise LictutorError(f"nlp_distance needs images of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-    if min(x.shape[-2:]) < NLP_MIN_SIDE:
-        raise LictutorError(
-            f"nlp_distance needs images at least {NLP_MIN_SIDE} pixels on each side "
-            f"({NLP_LEVELS} pyramid levels), got {x.shape[-2]}×{x.shape[-1]}"
-        )
+    x, y = _image_pair(a, b, "nlp_distance", NLP_MIN_SIDE, f"{NLP_LEVELS} pyramid levels")
     n, c, h, w = x.shape
     levels_x = _nlp_transform(x.reshape(n * c, 1, h, w))
     levels_y = _nlp_transform(y.reshape(n * c, 1, h, w))
