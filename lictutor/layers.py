@@ -17,6 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from lictutor.errors import LictutorError
+
 __all__ = [
     "LowerBoundFunction",
     "LowerBound",
@@ -24,6 +26,7 @@ __all__ = [
     "GDN",
     "conv",
     "deconv",
+    "MaskedConv2d",
 ]
 
 
@@ -167,3 +170,52 @@ def deconv(
         padding=kernel_size // 2,
         output_padding=stride - 1,
     )
+
+
+class MaskedConv2d(nn.Conv2d):
+    """A ``Conv2d`` that only sees the pixels before the current one in raster order.
+
+    The causal convolution of PixelCNN (van den Oord et al. 2016) and of the context
+    model of Minnen, Ballé & Toderici (2018): the kernel is multiplied by a fixed 0/1
+    ``mask`` that zeroes the taps at and after the centre. For a 5x5 kernel::
+
+        type "A"          type "B"
+        1 1 1 1 1         1 1 1 1 1
+        1 1 1 1 1         1 1 1 1 1
+        1 1 0 0 0         1 1 1 0 0      row of the centre: left of it (A),
+        0 0 0 0 0         0 0 0 0 0      or up to and including it (B)
+        0 0 0 0 0         0 0 0 0 0
+
+    So with stride 1 and "same" padding (``padding=kernel_size // 2``) output ``(i, j)``
+    depends only on inputs before ``(i, j)`` (type "A", the first layer: a pixel must
+    not see itself) or up to and including ``(i, j)`` (type "B", later layers, whose
+    input at ``(i, j)`` already depends only on earlier pixels). The same mask is used
+    for all channel pairs.
+
+    Takes the arguments of ``nn.Conv2d`` plus ``mask_type``. The buffer is named
+    ``mask`` as in ``compressai.layers.MaskedConv2d``, so state dicts load both ways.
+    Unlike CompressAI, which overwrites ``weight`` with ``weight * mask`` at every
+    forward, we only multiply on the fly: same outputs, ``weight`` left untouched,
+    and the masked taps get zero gradient.
+    """
+
+    mask: Tensor
+
+    def __init__(self, *args, mask_type: str = "A", **kwargs):
+        super().__init__(*args, **kwargs)
+        if mask_type not in ("A", "B"):
+            raise LictutorError(f'mask_type must be "A" or "B", not {mask_type!r}')
+        self.mask_type = mask_type
+
+        _, _, h, w = self.weight.shape
+        mask = torch.ones_like(self.weight.data)
+        # Centre row: zero from the centre (type A) or just right of it (type B) on.
+        mask[:, :, h // 2, w // 2 + (mask_type == "B") :] = 0
+        mask[:, :, h // 2 + 1 :, :] = 0  # all rows below the centre
+        self.register_buffer("mask", mask)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.weight * self.mask, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, mask_type={self.mask_type!r}"
