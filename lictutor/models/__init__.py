@@ -7,13 +7,21 @@ the trainer and checkpoints use).
 from lictutor.errors import LictutorError
 from lictutor.models.base import CompressionModel
 from lictutor.models.factorized import FactorizedPrior, FactorizedPrior2017
+from lictutor.models.context import JointAutoregressiveHierarchicalPriors
+from lictutor.models.hyperprior import MeanScaleHyperprior, ScaleHyperprior
 
-__all__ = ["CompressionModel", "FactorizedPrior", "FactorizedPrior2017", "MODELS", "create"]
+__all__ = [
+    "CompressionModel", "FactorizedPrior", "FactorizedPrior2017", "ScaleHyperprior",
+    "MeanScaleHyperprior", "JointAutoregressiveHierarchicalPriors", "MODELS", "create",
+]
 
 #: name -> model class
 MODELS = {
     "factorized": FactorizedPrior,  # Ballé et al. 2018 (CompressAI "bmshj2018-factorized")
     "factorized2017": FactorizedPrior2017,  # Ballé et al. 2017
+    "hyperprior": ScaleHyperprior,  # Ballé et al. 2018 (CompressAI "bmshj2018-hyperprior")
+    "mean-scale": MeanScaleHyperprior,  # Minnen et al. 2018 (CompressAI "mbt2018-mean")
+    "context": JointAutoregressiveHierarchicalPriors,  # Minnen et al. 2018 (CompressAI "mbt2018")
 }
 
 

@@ -16,8 +16,30 @@ import torch.nn as nn
 from torch import Tensor
 
 from lictutor.entropy import EntropyBottleneck, EntropyModel
+from lictutor.layers import GDN, conv, deconv
 
-__all__ = ["CompressionModel"]
+__all__ = ["CompressionModel", "analysis_transform", "synthesis_transform"]
+
+
+def analysis_transform(N: int, M: int) -> nn.Sequential:
+    """``g_a`` of Ballé et al. 2018 (shared by the factorized, hyperprior and context models):
+    four 5×5 stride-2 convolutions with GDN between them, 3 → N → N → N → M channels."""
+    return nn.Sequential(
+        conv(3, N), GDN(N),
+        conv(N, N), GDN(N),
+        conv(N, N), GDN(N),
+        conv(N, M),
+    )  # fmt: skip
+
+
+def synthesis_transform(N: int, M: int) -> nn.Sequential:
+    """``g_s``: the mirror of :func:`analysis_transform`, transposed convolutions and IGDN."""
+    return nn.Sequential(
+        deconv(M, N), GDN(N, inverse=True),
+        deconv(N, N), GDN(N, inverse=True),
+        deconv(N, N), GDN(N, inverse=True),
+        deconv(N, 3),
+    )  # fmt: skip
 
 # CompressAI < 1.1 stored the entropy bottleneck's parameters as "_matrix0", ...;
 # the published checkpoints still use those names.

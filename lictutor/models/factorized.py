@@ -19,7 +19,7 @@ from torch import Tensor
 from lictutor.entropy import EntropyBottleneck
 from lictutor.errors import LictutorError
 from lictutor.layers import GDN, conv, deconv
-from lictutor.models.base import CompressionModel
+from lictutor.models.base import CompressionModel, analysis_transform, synthesis_transform
 
 __all__ = ["FactorizedPrior", "FactorizedPrior2017"]
 
@@ -81,18 +81,8 @@ class FactorizedPrior(_FactorizedCodec):
     def __init__(self, N: int = 128, M: int = 192):
         super().__init__()
         self.entropy_bottleneck = EntropyBottleneck(M)
-        self.g_a = nn.Sequential(
-            conv(3, N), GDN(N),
-            conv(N, N), GDN(N),
-            conv(N, N), GDN(N),
-            conv(N, M),
-        )  # fmt: skip
-        self.g_s = nn.Sequential(
-            deconv(M, N), GDN(N, inverse=True),
-            deconv(N, N), GDN(N, inverse=True),
-            deconv(N, N), GDN(N, inverse=True),
-            deconv(N, 3),
-        )  # fmt: skip
+        self.g_a = analysis_transform(N, M)
+        self.g_s = synthesis_transform(N, M)
         self.N, self.M = int(N), int(M)
 
     @classmethod
