@@ -1,0 +1,59 @@
+"""Encode and decode time of the learned codecs on one image size, measured side by side.
+
+    python benchmarks/decode_time.py [--size 768x512] [--N 128] [--M 192] [--repeat 3]
+
+Every model codes the same image to a real ``.lic`` file and decodes it (``lictutor.evaluate``);
+the table gives the median wall time of ``--repeat`` runs and each model's ratio to the scale
+hyperprior. Coding time hardly depends on the weights, so untrained models measure the cost of
+the architecture: above all, the serial raster-order decoding of the context model (chapter 4).
+"""
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from lictutor import evaluate, models
+
+
+def timed(fn, repeat):
+    times, result = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", default="768x512", help="WIDTHxHEIGHT (default 768x512)")
+    parser.add_argument("--N", type=int, default=128)
+    parser.add_argument("--M", type=int, default=192)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--models", default="factorized,hyperprior,mean-scale,context")
+    args = parser.parse_args()
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    img = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    torch.manual_seed(0)
+
+    print(f"{width}×{height} image, N={args.N}, M={args.M}, {torch.get_num_threads()} threads, "
+          f"median of {args.repeat} runs")
+    rows = {}
+    for name in args.models.split(","):
+        model = models.create(name, N=args.N, M=args.M).eval()
+        evaluate.compress_image(model, img, name)  # builds the tables once, outside the timing
+        encode, data = timed(lambda: evaluate.compress_image(model, img, name), args.repeat)
+        decode, _ = timed(lambda: evaluate.decompress_image(model, data, name), args.repeat)
+        rows[name] = (encode, decode)
+    base = rows.get("hyperprior")
+    print(f"{'model':<12}{'encode [s]':>12}{'decode [s]':>12}{'decode / hyperprior':>22}")
+    for name, (encode, decode) in rows.items():
+        ratio = f"{decode / base[1]:>21.1f}×" if base else ""
+        print(f"{name:<12}{encode:>12.3f}{decode:>12.3f}{ratio}")
+
+
+if __name__ == "__main__":
+    main()
