@@ -153,7 +153,11 @@ def format_bd_table(rows, anchor_name):
     lines = [f"against {anchor_name}:",
              f"{'codec':<28}{'BD-rate':>10}{'BD-PSNR':>10}{'BD-rate':>10}",
              f"{'':<28}{'(PSNR)':>10}{'[dB]':>10}{'(MS-SSIM)':>10}"]
+    def number(value, fmt, unit, width):
+        return f"{'–':>{width}}" if math.isnan(value) else f"{value:{fmt}}{unit}"
+
     for row in rows:
-        lines.append(f"{row['name']:<28}{row['bd_rate']:>+9.1f}%{row['bd_psnr']:>+10.2f}{row['bd_rate_msssim']:>+9.1f}%"
+        lines.append(f"{row['name']:<28}{number(row['bd_rate'], '>+9.1f', '%', 10)}"
+                     f"{number(row['bd_psnr'], '>+10.2f', '', 10)}{number(row['bd_rate_msssim'], '>+9.1f', '%', 10)}"
                      + (f"   ({row['note']})" if row["note"] else ""))
     return "\n".join(lines)
