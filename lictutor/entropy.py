@@ -591,6 +591,9 @@ class GaussianConditional(EntropyModel):
         self.lower_bound_scale = LowerBound(float(scale_bound))
         self.register_buffer("scale_table", table if table is not None else torch.Tensor())
         self.register_buffer("scale_bound", torch.Tensor([float(scale_bound)]))
+        # CompressAI models saved before update() hold an empty scale_table; loading one
+        # puts this table back, so that coding tables can still be built on demand.
+        self._default_scale_table = table
 
         # Staleness bookkeeping for the CDF tables (see EntropyBottleneck).
         self._tables_built_from: Optional[Tensor] = None
@@ -693,6 +696,8 @@ class GaussianConditional(EntropyModel):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self._tables_were_loaded = state_dict.get(prefix + "_offset") is not None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.scale_table.numel() == 0 and self._default_scale_table is not None:
+            self.scale_table = self._default_scale_table.to(self.scale_bound.device)
 
     def update_scale_table(self, scale_table, force: bool = False) -> bool:
         """Set ``scale_table`` and build its CDF tables; return True if done.

@@ -248,3 +248,17 @@ def test_bad_inputs_raise_lictutor_error(updated_pair):
         with pytest.raises(LictutorError):
             call()
             pytest.fail(f"bad call {i} did not raise")
+
+
+def test_loading_an_empty_scale_table_keeps_the_default():
+    # CompressAI models saved before update() store an empty scale_table.
+    from lictutor.entropy import get_scale_table
+
+    ours = GaussianConditional(get_scale_table())
+    state = {k: v for k, v in ours.state_dict().items()}
+    state["scale_table"] = torch.Tensor()
+    ours.load_state_dict(state)
+    torch.testing.assert_close(ours.scale_table, get_scale_table())
+    bare = GaussianConditional(None)  # built without a table: nothing to restore
+    bare.load_state_dict(state)
+    assert bare.scale_table.numel() == 0

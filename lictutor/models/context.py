@@ -13,7 +13,7 @@ read on its own: the transforms are the mean-scale hyperprior's, the new parts a
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 import torch.nn as nn
@@ -22,8 +22,9 @@ from torch import Tensor
 
 from lictutor.entropy import MAX_SYMBOL, EntropyBottleneck, GaussianConditional, get_scale_table
 from lictutor.errors import LictutorError
-from lictutor.layers import MaskedConv2d, conv, deconv
+from lictutor.layers import MaskedConv2d
 from lictutor.models.base import CompressionModel, analysis_transform, synthesis_transform
+from lictutor.models.hyperprior import mean_scale_hyper_analysis, mean_scale_hyper_synthesis
 from lictutor.quantization import quantize
 
 __all__ = ["JointAutoregressiveHierarchicalPriors"]
@@ -88,17 +89,9 @@ class JointAutoregressiveHierarchicalPriors(CompressionModel):
         self.entropy_bottleneck = EntropyBottleneck(N)
         self.g_a = analysis_transform(N, M)
         self.g_s = synthesis_transform(N, M)
-        self.h_a = nn.Sequential(
-            conv(M, N, kernel_size=3, stride=1), nn.LeakyReLU(inplace=True),
-            conv(N, N), nn.LeakyReLU(inplace=True),
-            conv(N, N),
-        )  # fmt: skip
+        self.h_a = mean_scale_hyper_analysis(N, M)
         # psi: 2M channels at y's resolution (hyperprior half of the entropy parameters)
-        self.h_s = nn.Sequential(
-            deconv(N, M), nn.LeakyReLU(inplace=True),
-            deconv(M, M * 3 // 2), nn.LeakyReLU(inplace=True),
-            conv(M * 3 // 2, M * 2, kernel_size=3, stride=1),
-        )  # fmt: skip
+        self.h_s = mean_scale_hyper_synthesis(N, M)
         self.gaussian_conditional = GaussianConditional(get_scale_table())
         # cat(psi, phi): 4M channels -> (scales, means): 2M channels, all 1x1
         self.entropy_parameters = nn.Sequential(
@@ -139,17 +132,6 @@ class JointAutoregressiveHierarchicalPriors(CompressionModel):
         return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
 
     # -- tables -------------------------------------------------------------------
-
-    def load_state_dict(
-        self, state_dict: Mapping[str, Tensor], strict: bool = True, assign: bool = False
-    ):
-        """Also loads CompressAI state dicts saved before ``update()`` (empty scale
-        table): the default table is put back, so tables can be built on demand."""
-        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
-        gc = self.gaussian_conditional
-        if gc.scale_table.numel() == 0:
-            gc.scale_table = get_scale_table().to(gc.scale_bound.device)
-        return result
 
     def _ensure_tables(self) -> None:
         for m in (self.entropy_bottleneck, self.gaussian_conditional):

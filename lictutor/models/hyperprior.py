@@ -26,12 +26,23 @@ from lictutor.models.base import CompressionModel, analysis_transform, synthesis
 __all__ = ["ScaleHyperprior", "MeanScaleHyperprior"]
 
 
-def _default_scale_table(model: "ScaleHyperprior", incompatible_keys) -> None:
-    # load_state_dict post-hook. A CompressAI model that was never update()d saves an empty
-    # scale_table; give ours the default one back (its CDF tables are then rebuilt on demand).
-    gc = model.gaussian_conditional
-    if gc.scale_table.numel() == 0:
-        gc.scale_table = get_scale_table().to(gc.scale_bound.device)
+def mean_scale_hyper_analysis(N: int, M: int) -> nn.Sequential:
+    """``h_a`` of the mean-scale and context models (Minnen et al. 2018): leaky ReLUs."""
+    return nn.Sequential(
+        conv(M, N, kernel_size=3, stride=1), nn.LeakyReLU(inplace=True),
+        conv(N, N), nn.LeakyReLU(inplace=True),
+        conv(N, N),
+    )  # fmt: skip
+
+
+def mean_scale_hyper_synthesis(N: int, M: int) -> nn.Sequential:
+    """``h_s`` of the mean-scale and context models: 2M outputs (scales and means, or the
+    hyperprior half of the context model's entropy parameters), no final activation."""
+    return nn.Sequential(
+        deconv(N, M), nn.LeakyReLU(inplace=True),
+        deconv(M, M * 3 // 2), nn.LeakyReLU(inplace=True),
+        conv(M * 3 // 2, M * 2, kernel_size=3, stride=1),
+    )  # fmt: skip
 
 
 class ScaleHyperprior(CompressionModel):
@@ -68,7 +79,6 @@ class ScaleHyperprior(CompressionModel):
             conv(N, M, kernel_size=3, stride=1), nn.ReLU(inplace=True),
         )  # fmt: skip
         self.gaussian_conditional = GaussianConditional(get_scale_table())
-        self.register_load_state_dict_post_hook(_default_scale_table)
         self.N, self.M = int(N), int(M)
 
     # The two places where the mean-scale model differs.
@@ -151,16 +161,8 @@ class MeanScaleHyperprior(ScaleHyperprior):
 
     def __init__(self, N: int = 128, M: int = 192):
         super().__init__(N, M)
-        self.h_a = nn.Sequential(
-            conv(M, N, kernel_size=3, stride=1), nn.LeakyReLU(inplace=True),
-            conv(N, N), nn.LeakyReLU(inplace=True),
-            conv(N, N),
-        )  # fmt: skip
-        self.h_s = nn.Sequential(
-            deconv(N, M), nn.LeakyReLU(inplace=True),
-            deconv(M, M * 3 // 2), nn.LeakyReLU(inplace=True),
-            conv(M * 3 // 2, M * 2, kernel_size=3, stride=1),
-        )  # fmt: skip
+        self.h_a = mean_scale_hyper_analysis(N, M)
+        self.h_s = mean_scale_hyper_synthesis(N, M)
 
     def _hyper_analysis(self, y: Tensor) -> Tensor:
         return self.h_a(y)
