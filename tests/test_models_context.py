@@ -9,6 +9,7 @@ from lictutor.models.base import CompressionModel
 from lictutor.models.context import JointAutoregressiveHierarchicalPriors as Ours
 
 cmodels = pytest.importorskip("compressai.models")
+from _reference import randomize_  # noqa: E402
 
 N, M = 8, 12
 
@@ -17,18 +18,8 @@ def _reference(seed=0):
     """CompressAI's mbt2018, random init, GDNs and density randomized, mask applied."""
     torch.manual_seed(seed)
     ref = cmodels.JointAutoregressiveHierarchicalPriors(N, M)
+    randomize_(ref)
     with torch.no_grad():
-        for m in ref.modules():
-            if type(m).__name__ == "GDN":
-                C = m.beta.numel()
-                m.beta.copy_(m.beta_reparam.init(0.5 + torch.rand(C)))
-                m.gamma.copy_(m.gamma_reparam.init(0.05 * torch.rand(C, C) + 0.1 * torch.eye(C)))
-        eb = ref.entropy_bottleneck
-        for p in eb.biases:
-            p.copy_(torch.randn_like(p))
-        for p in eb.factors:
-            p.copy_(0.5 * torch.randn_like(p))
-        eb.quantiles.add_(torch.randn_like(eb.quantiles))
         # y of a random-init g_a is tiny; make it span a few integers
         ref.g_a[6].weight.mul_(20)
         # CompressAI's decompress uses context_prediction.weight unmasked: it relies on

@@ -6,6 +6,7 @@ import torch
 from lictutor.models import CompressionModel, FactorizedPrior, FactorizedPrior2017
 
 cmodels = pytest.importorskip("compressai.models")
+from _reference import randomize_  # noqa: E402
 
 N, M = 32, 48
 
@@ -14,18 +15,7 @@ def _reference(seed=0):
     """CompressAI's bmshj2018-factorized, random init, GDNs and density randomized."""
     torch.manual_seed(seed)
     ref = cmodels.FactorizedPrior(N, M)
-    with torch.no_grad():
-        for m in ref.modules():
-            if type(m).__name__ == "GDN":
-                C = m.beta.numel()
-                m.beta.copy_(m.beta_reparam.init(0.5 + torch.rand(C)))
-                m.gamma.copy_(m.gamma_reparam.init(0.05 * torch.rand(C, C) + 0.1 * torch.eye(C)))
-        eb = ref.entropy_bottleneck
-        for p in eb.biases:
-            p.copy_(torch.randn_like(p))
-        for p in eb.factors:
-            p.copy_(0.5 * torch.randn_like(p))
-        eb.quantiles.add_(torch.randn_like(eb.quantiles))
+    randomize_(ref)
     return ref.eval()
 
 

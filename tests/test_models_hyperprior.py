@@ -8,6 +8,7 @@ from lictutor.evaluate import compress_image, decompress_image
 from lictutor.models.hyperprior import MeanScaleHyperprior, ScaleHyperprior
 
 cmodels = pytest.importorskip("compressai.models")
+from _reference import randomize_  # noqa: E402
 
 N, M = 8, 12
 
@@ -22,16 +23,8 @@ def _reference(ref_name, seed=0):
     """CompressAI's model, random init, with its GDNs and the z density randomized."""
     torch.manual_seed(seed)
     ref = getattr(cmodels, ref_name)(N, M)
+    randomize_(ref)
     with torch.no_grad():
-        for m in ref.modules():
-            if type(m).__name__ == "GDN":
-                C = m.beta.numel()
-                m.beta.copy_(m.beta_reparam.init(0.5 + torch.rand(C)))
-                m.gamma.copy_(m.gamma_reparam.init(0.05 * torch.rand(C, C) + 0.1 * torch.eye(C)))
-        eb = ref.entropy_bottleneck
-        for p in eb.biases:
-            p.copy_(torch.randn_like(p))
-        eb.quantiles.add_(torch.randn_like(eb.quantiles))
         # spread y, z and the predicted scales/means over many integers and table scales
         ref.g_a[6].weight.mul_(40)
         ref.h_a[4].weight.mul_(40)
