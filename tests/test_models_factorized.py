@@ -146,3 +146,11 @@ def test_create_by_name():
         models.create("nope")
     with pytest.raises(LictutorError):
         models.create("factorized", K=3)
+
+
+def test_from_state_dict_needs_the_2018_transforms():
+    from lictutor.errors import LictutorError
+    from lictutor.models import FactorizedPrior2017
+
+    with pytest.raises(LictutorError, match="g_a.6.weight"):
+        FactorizedPrior2017.from_state_dict(FactorizedPrior2017(N=8).state_dict())

@@ -16,6 +16,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from lictutor.entropy import EntropyBottleneck, EntropyModel
+from lictutor.errors import LictutorError
 from lictutor.layers import GDN, conv, deconv
 
 __all__ = ["CompressionModel", "analysis_transform", "synthesis_transform"]
@@ -59,6 +60,21 @@ class CompressionModel(nn.Module):
     #: how ``forward`` relaxes quantization in training: "noise", "ste" or "mixed"
     #: (see :mod:`lictutor.quantization`); the trainer sets it from its config.
     quantization: str = "noise"
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Mapping[str, Tensor]) -> "CompressionModel":
+        """A model sized after ``state_dict`` (e.g. a CompressAI checkpoint), loaded.
+
+        For the models built on :func:`analysis_transform`: N and M are read from the
+        output channels of its first and last convolutions (``g_a.0``, ``g_a.6``).
+        """
+        try:
+            N, M = state_dict["g_a.0.weight"].size(0), state_dict["g_a.6.weight"].size(0)
+        except KeyError as err:
+            raise LictutorError(f"{cls.__name__}.from_state_dict: no {err} in the state dict") from None
+        net = cls(N, M)
+        net.load_state_dict(state_dict)
+        return net
 
     def aux_loss(self) -> Tensor:
         """Sum of the entropy bottlenecks' quantile losses (train with its own optimizer,

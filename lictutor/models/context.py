@@ -138,12 +138,6 @@ class JointAutoregressiveHierarchicalPriors(CompressionModel):
             if m.tables_stale():
                 m.update(force=True)
 
-    @classmethod
-    def from_state_dict(cls, state_dict) -> "JointAutoregressiveHierarchicalPriors":
-        """A model sized after ``state_dict`` (e.g. a CompressAI checkpoint), loaded."""
-        net = cls(state_dict["g_a.0.weight"].size(0), state_dict["g_a.6.weight"].size(0))
-        net.load_state_dict(state_dict)
-        return net
 
     # -- coding -------------------------------------------------------------------
 

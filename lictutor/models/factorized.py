@@ -85,13 +85,6 @@ class FactorizedPrior(_FactorizedCodec):
         self.g_s = synthesis_transform(N, M)
         self.N, self.M = int(N), int(M)
 
-    @classmethod
-    def from_state_dict(cls, state_dict) -> "FactorizedPrior":
-        """A model sized after ``state_dict`` (e.g. a CompressAI checkpoint), loaded."""
-        net = cls(state_dict["g_a.0.weight"].size(0), state_dict["g_a.6.weight"].size(0))
-        net.load_state_dict(state_dict)
-        return net
-
 
 class FactorizedPrior2017(_FactorizedCodec):
     """Ballé, Laparra & Simoncelli (2017), "End-to-end optimized image compression".

@@ -138,13 +138,6 @@ class ScaleHyperprior(CompressionModel):
         x_hat = self.g_s(y_hat).clamp_(0, 1)
         return {"x_hat": x_hat}
 
-    @classmethod
-    def from_state_dict(cls, state_dict) -> "ScaleHyperprior":
-        """A model sized after ``state_dict`` (e.g. a CompressAI checkpoint), loaded."""
-        net = cls(state_dict["g_a.0.weight"].size(0), state_dict["g_a.6.weight"].size(0))
-        net.load_state_dict(state_dict)
-        return net
-
 
 class MeanScaleHyperprior(ScaleHyperprior):
     """Minnen, Ballé & Toderici (2018)'s mean-scale hyperprior (CompressAI ``mbt2018-mean``).
