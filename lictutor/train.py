@@ -21,6 +21,8 @@ What it adds to a plain loop, each of which a reader would otherwise write badly
   configuration (and of its warm-start weights), so re-running a notebook loads instead of
   retraining;
 * a warm start (``init_from``) from another run's weights, e.g. a neighbouring λ;
+* knowledge distillation from a ``teacher`` (:mod:`lictutor.distill`): the loss becomes
+  ``rd · (λ·D + bpp) + Σ_t w_t · KD_t`` with the weights of ``config.distill``;
 * multi-process data parallelism (``torchrun``, DistributedDataParallel), equal to one process
   with the same global batch;
 * ``update()`` of the entropy models at the end, so a trained model compresses right away.
@@ -45,7 +47,7 @@ import torch.nn as nn
 from torch import Tensor
 from tqdm import tqdm  # plain text bars: they render in terminals, notebooks and the built book
 
-from lictutor import metrics, quantization
+from lictutor import distill, metrics, quantization
 from lictutor.errors import LictutorError
 
 __all__ = [
@@ -57,6 +59,7 @@ __all__ = [
     "save_checkpoint",
     "cache_path",
     "weights_digest",
+    "teacher_digest",
 ]
 
 CHECKPOINT_FORMAT = "lictutor-checkpoint-1"
@@ -64,6 +67,8 @@ DISTORTIONS = ("mse", "ms-ssim", "nlp")
 
 #: warm-start weights: a checkpoint written by :func:`train`, or a state dict
 InitWeights = Union[str, os.PathLike, Mapping[str, Tensor]]
+#: a distillation teacher: a model, or a checkpoint written by :func:`train`
+Teacher = Union[nn.Module, str, os.PathLike]
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,12 @@ class TrainConfig:
     warmup: int = 0  #: steps of linear warm-up
     final_lr: float = 0.01  #: cosine decay to ``lr * final_lr``; 1.0 keeps lr constant
     clip: float = 1.0  #: max gradient norm (0: no clipping)
+    #: modules whose parameters stay fixed, e.g. ``("g_a", "g_s")`` (entropy bottlenecks'
+    #: quantiles keep learning: they only set the coder's range)
+    frozen: tuple = ()
+    #: knowledge-distillation weights (:func:`lictutor.distill.check_weights`), e.g.
+    #: ``{"rd": 0.4, "y": 0.2, "x_hat": 0.2}``; empty: no distillation. Needs ``train(teacher=...)``
+    distill: dict = field(default_factory=dict)
     seed: int = 0
     images: str | None = None  #: training folder; None: the book's offline photos
     budget: str = ""  #: the budget that chose these settings, part of the cache key
@@ -95,6 +106,13 @@ class TrainConfig:
 
         if self.images is not None:  # a Path is fine too; stored as a string
             object.__setattr__(self, "images", os.fspath(self.images))
+        if isinstance(self.frozen, str) or not all(isinstance(m, str) and m for m in self.frozen):
+            raise LictutorError(f"frozen must be a sequence of module names, got {self.frozen!r}")
+        object.__setattr__(self, "frozen", tuple(self.frozen))
+        if not isinstance(self.distill, Mapping):
+            raise LictutorError(f"distill must be a dict of weights, got {self.distill!r}")
+        if self.distill:  # defaults filled in: equal weights give equal cache keys
+            object.__setattr__(self, "distill", distill.check_weights(self.distill))
         if self.model not in models.MODELS:
             raise LictutorError(f"unknown model {self.model!r}; available: {', '.join(models.MODELS)}")
         if self.quantization not in ("noise", "ste", "mixed"):
@@ -136,12 +154,17 @@ class TrainConfig:
             raise LictutorError(f"unknown training settings: {', '.join(sorted(unknown))}")
         return cls(**d)
 
-    def key(self, init_from: InitWeights | None = None) -> str:
-        """A short hash of the configuration and of the warm-start weights' *content*: the
-        checkpoint cache key."""
+    def key(self, init_from: InitWeights | None = None, teacher: Teacher | None = None) -> str:
+        """A short hash of the configuration and of the *content* of the warm-start weights
+        and of the teacher (:func:`teacher_digest`): the checkpoint cache key."""
         settings = self.to_dict()
+        for name in ("frozen", "distill"):  # added later: left out at their defaults so older keys still hold
+            if not settings[name]:
+                del settings[name]
         if init_from is not None:
             settings["init_from"] = weights_digest(_init_state(init_from))
+        if teacher is not None:
+            settings["teacher"] = teacher_digest(teacher)
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -194,12 +217,12 @@ class RateDistortionLoss(nn.Module):
         return {"loss": self.lmbda * dist + bpp, "bpp": bpp, "mse": mse, "distortion": dist}
 
 
-def cache_path(config: TrainConfig, init_from: InitWeights | None = None) -> Path:
+def cache_path(config: TrainConfig, init_from: InitWeights | None = None, teacher: Teacher | None = None) -> Path:
     """Where :func:`train` caches the finished model of ``config`` (warm-started from
-    ``init_from``): ``$LICTUTOR_HOME/checkpoints/<model>-<key>.pt``."""
+    ``init_from``, distilled from ``teacher``): ``$LICTUTOR_HOME/checkpoints/<model>-<key>.pt``."""
     from lictutor.data import lictutor_home
 
-    return lictutor_home() / "checkpoints" / f"{config.model}-{config.key(init_from)}.pt"
+    return lictutor_home() / "checkpoints" / f"{config.model}-{config.key(init_from, teacher)}.pt"
 
 
 def save_checkpoint(path, model: nn.Module, config: TrainConfig, **extra) -> None:
@@ -236,11 +259,16 @@ def _read_checkpoint(path) -> dict:
     return ckpt
 
 
-def _load_weights(model: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> None:
+def _load_weights(model: nn.Module, state_dict: Mapping[str, Tensor], source: str, partial: bool = False) -> None:
+    """Load ``state_dict`` into ``model``. ``partial``: some of the model's tensors may be
+    missing (they keep their initialization), but every given tensor must fit one."""
     try:
-        model.load_state_dict(state_dict)
+        result = model.load_state_dict(state_dict, strict=not partial)
     except (RuntimeError, KeyError, TypeError) as err:
         raise LictutorError(f"the weights of {source} do not fit the model: {err}") from None
+    if partial and result.unexpected_keys:
+        raise LictutorError(f"the weights of {source} do not fit the model: unexpected "
+                            f"{', '.join(result.unexpected_keys[:5])}")
 
 
 def load_checkpoint(path, map_location="cpu") -> tuple[nn.Module, dict]:
@@ -280,6 +308,33 @@ def weights_digest(state_dict: Mapping[str, Tensor]) -> str:
     return h.hexdigest()
 
 
+def _teacher_model(teacher: Teacher) -> nn.Module:
+    """The teacher as a model: itself, or loaded from a checkpoint written by :func:`train`."""
+    if isinstance(teacher, nn.Module):
+        return teacher
+    if isinstance(teacher, (str, os.PathLike)):
+        return load_checkpoint(teacher)[0]
+    raise LictutorError(f"teacher must be a model or a checkpoint path, got {type(teacher).__name__}")
+
+
+def teacher_digest(teacher: Teacher) -> str:
+    """A hash of the teacher's *parameters* (:func:`weights_digest`): what it computes in
+    training. Its coding tables are left out: they change with ``update()``, not its outputs."""
+    return weights_digest(dict(_teacher_model(teacher).named_parameters()))
+
+
+def _distillation_losses(losses: dict, student: dict, teacher: nn.Module, x: Tensor, weights: dict) -> dict:
+    """``losses`` with ``loss`` = ``rd · (λ·D + bpp) + Σ w_t · KD_t``, the RD loss as ``rd`` and
+    every distillation term ``t`` as ``kd_t`` (see :func:`lictutor.distill.codec_distill_losses`)."""
+    with torch.no_grad():
+        target = distill.codec_forward(teacher, x, list(weights["features"]))
+    terms = distill.codec_distill_losses(student, target, weights)
+    total = weights["rd"] * losses["loss"]
+    for name, value in terms.items():  # "features" is weighted layer by layer already
+        total = total + (1.0 if name == "features" else weights[name]) * value
+    return {**losses, "loss": total, "rd": losses["loss"], **{f"kd_{n}": v for n, v in terms.items()}}
+
+
 def _lr_factor(step: int, config: TrainConfig) -> float:
     """Linear warm-up, then cosine decay from 1 to ``final_lr``."""
     if step < config.warmup:
@@ -312,6 +367,7 @@ def train(
     log_every: int = 10,
     device: str | torch.device | None = None,
     stop_after: int | None = None,
+    teacher: Teacher | None = None,
 ) -> tuple[nn.Module, dict]:
     """Train (or load from the cache) the model that ``config`` describes.
 
@@ -321,12 +377,23 @@ def train(
     ``train_time`` in seconds.
 
     ``init_from``: start from these weights (a checkpoint path or a state dict) instead of a
-    random initialization; they are part of the cache key. ``out``: also write the final (and
+    random initialization; they are part of the cache key. They may cover part of the model
+    (e.g. only ``g_a``/``g_s`` of a factorized model in a hyperprior); the rest keeps its
+    random initialization. ``out``: also write the final (and
     periodic) checkpoints there; an unfinished checkpoint of the same run found there is
     resumed, one of another run is an error. Without ``out``, periodic checkpoints go next to
     the cache entry and are resumed from there. ``stop_after``: stop (as if interrupted) after
     that many steps, leaving a checkpoint to resume. ``device``: default
     :func:`lictutor.device.pick_device`; under ``torchrun`` each process takes its own GPU.
+
+    ``teacher``: distil from this model (or checkpoint path) with the weights of
+    ``config.distill``; its parameters are part of the cache key. It is moved to the device and
+    put in eval mode: its targets (ŷ, ẑ, x̂, Gaussian parameters) are those of its real codec,
+    rounded latents included, so they do not depend on the training noise and do not draw from
+    it -- the student's noise is the same as without a teacher. (With "noise", the student's
+    ŷ differs from a target by its noise as well: ``E[(ŷ_s − ŷ_t)²]`` gains a constant 1/12,
+    not a bias in the gradient.) The history then also holds ``rd`` (the RD loss) and every
+    distillation term ``kd_<term>``.
     """
     from lictutor import data, models
     from lictutor.device import pick_device, seed_everything
@@ -334,8 +401,16 @@ def train(
     if log_every < 1 or checkpoint_every < 0 or (stop_after is not None and stop_after < 1):
         raise LictutorError("log_every and stop_after must be >= 1 and checkpoint_every >= 0")
     init_state = _init_state(init_from) if init_from is not None else None
-    key = config.key(init_state)
-    final = cache_path(config, init_state)
+    if teacher is not None:
+        teacher = _teacher_model(teacher)
+    if (teacher is None) != (not config.distill):
+        raise LictutorError(
+            "distillation needs both a teacher and config.distill weights (e.g. "
+            "distill={'rd': 0.4, 'y': 0.2, 'x_hat': 0.2}); got "
+            + ("no teacher" if teacher is None else "no weights")
+        )
+    key = config.key(init_state, teacher)
+    final = cache_path(config, init_state, teacher)
     rank, world = _distributed()
     if world > 1 and torch.cuda.is_available() and device is None:
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # one GPU per process
@@ -354,10 +429,18 @@ def train(
     seed_everything(config.seed)
     model = models.create(config.model, **config.model_args)
     if init_state is not None:
-        _load_weights(model, init_state, "init_from")
+        _load_weights(model, init_state, "init_from", partial=True)
     model.quantization = config.quantization
     model.to(device)
-    main_params = [p for n, p in model.named_parameters() if not _is_aux(n)]
+    if teacher is not None:
+        teacher.to(device).eval()
+    for name in config.frozen:
+        module = dict(model.named_modules()).get(name)
+        if module is None or name == "":
+            raise LictutorError(f"frozen: the model {config.model!r} has no module {name!r}")
+        for pname, p in module.named_parameters():
+            p.requires_grad_(_is_aux(pname))
+    main_params = [p for n, p in model.named_parameters() if not _is_aux(n) and p.requires_grad]
     aux_params = [p for n, p in model.named_parameters() if _is_aux(n)]
     optimizer = torch.optim.Adam(main_params, lr=config.lr)
     aux_optimizer = torch.optim.Adam(aux_params, lr=config.aux_lr)
@@ -400,7 +483,13 @@ def train(
 
         optimizer.zero_grad(set_to_none=True)
         with quantization.sample_seeds([config.seed * 1_000_003 + i for i in indices]):
-            losses = criterion(net(x), x)
+            if teacher is None:
+                losses = criterion(net(x), x)
+            else:
+                with distill.record(model, list(config.distill["features"])) as student:
+                    output = net(x)
+                losses = criterion(output, x)
+                losses = _distillation_losses(losses, {**student, **output}, teacher, x, config.distill)
         losses["loss"].backward()
         grad_norm = nn.utils.clip_grad_norm_(main_params, config.clip or math.inf)
         # Checked before the step, so the weights (and the last checkpoint) stay finite. Under
@@ -421,14 +510,16 @@ def train(
 
         step += 1
         if step % log_every == 0 or step == config.steps:
-            values = torch.stack([losses["loss"], losses["bpp"], losses["mse"]]).detach()
+            terms = [k for k in losses if k == "rd" or k.startswith("kd_")]  # only when distilling
+            values = torch.stack([losses[k] for k in ("loss", "bpp", "mse", *terms)]).detach()
             if world > 1:  # the mean over processes is the value of the global batch
                 dist.all_reduce(values)
                 values /= world
-            loss, bpp, mse = values.tolist()
+            loss, bpp, mse, *kd = values.tolist()
             psnr = -10 * math.log10(max(mse, 1e-10))
             history.append({"step": step, "loss": loss, "bpp": bpp, "psnr": psnr, "aux": aux.item(),
-                            "lr": optimizer.param_groups[0]["lr"], "time": time.perf_counter() - start})
+                            "lr": optimizer.param_groups[0]["lr"], "time": time.perf_counter() - start,
+                            **dict(zip(terms, kd))})
             bar.set_postfix(bpp=f"{bpp:.3f}", psnr=f"{psnr:.2f}")
         bar.update(1)
         interrupted = stop_after is not None and step >= stop_after

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from typing import Mapping
+from typing import Dict, Mapping, Tuple
 
 import torch
 import torch.nn as nn
@@ -51,8 +51,8 @@ _NEW_NAME = {"matrix": "matrices", "bias": "biases", "factor": "factors"}
 class CompressionModel(nn.Module):
     """Base class for models with one or more entropy models.
 
-    Subclasses define ``forward(x) -> {"x_hat", "likelihoods"}``, ``compress(x)`` and
-    ``decompress(strings, shape)``.
+    Subclasses define ``g_a``, ``g_s``, :meth:`entropy_forward` (how the latent is
+    quantized and what it costs), ``compress(x)`` and ``decompress(strings, shape)``.
     """
 
     #: total down-sampling of the analysis transform; pad inputs to a multiple of it.
@@ -75,6 +75,19 @@ class CompressionModel(nn.Module):
         net = cls(N, M)
         net.load_state_dict(state_dict)
         return net
+
+    def forward(self, x: Tensor) -> Dict[str, object]:
+        """Training/evaluation pass: ``{"x_hat", "likelihoods"}`` with ``x_hat = g_s(ŷ)``;
+        the rate in bits is ``-log2`` of all likelihoods, summed."""
+        y_hat, likelihoods = self.entropy_forward(self.g_a(x))
+        return {"x_hat": self.g_s(y_hat), "likelihoods": likelihoods}
+
+    def entropy_forward(self, y: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """``(ŷ, likelihoods)`` for the latent ``y = g_a(x)``: relaxed quantization in
+        training (see ``quantization``), rounding in evaluation. Everything the rate
+        depends on runs here, so the entropy model can be trained on ``y`` alone
+        (:func:`lictutor.zoo.fit_entropy_model`)."""
+        raise NotImplementedError
 
     def aux_loss(self) -> Tensor:
         """Sum of the entropy bottlenecks' quantile losses (train with its own optimizer,

@@ -13,7 +13,7 @@ read on its own: the transforms are the mean-scale hyperprior's, the new parts a
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -112,11 +112,10 @@ class JointAutoregressiveHierarchicalPriors(CompressionModel):
         scales, means = self.entropy_parameters(torch.cat((psi, phi), dim=1)).chunk(2, 1)
         return scales, means
 
-    def forward(self, x: Tensor) -> Dict[str, object]:
-        """``{"x_hat", "likelihoods": {"y", "z"}}``; see the class docstring for what is
-        quantized how. The rate in bits is ``-log2(likelihoods).sum()`` over both."""
+    def entropy_forward(self, y: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """``ŷ`` and ``{"y", "z"}`` likelihoods; see the class docstring for what is
+        quantized how. All of ``ŷ`` is known here, so the context is one masked convolution."""
         mode = self.quantization
-        y = self.g_a(x)
         z = self.h_a(y)
         z_hat, z_likelihoods = self.entropy_bottleneck(z, mode=mode)
         psi = self.h_s(z_hat)
@@ -128,8 +127,7 @@ class JointAutoregressiveHierarchicalPriors(CompressionModel):
         phi = self.context_prediction(y_hat)
         scales, means = self._gaussian_params(psi, phi)
         _, y_likelihoods = self.gaussian_conditional(y, scales, means, mode=mode)
-        x_hat = self.g_s(y_hat)
-        return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+        return y_hat, {"y": y_likelihoods, "z": z_likelihoods}
 
     # -- tables -------------------------------------------------------------------
 

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -34,16 +34,10 @@ class _FactorizedCodec(CompressionModel):
     g_s: nn.Module
     entropy_bottleneck: EntropyBottleneck
 
-    def forward(self, x: Tensor) -> Dict[str, object]:
-        """Training/evaluation pass: relaxed (train, see ``quantization``) or rounded (eval) latents.
-
-        Returns ``{"x_hat": ..., "likelihoods": {"y": ...}}``; the rate in bits is
-        ``-log2(likelihoods).sum()``.
-        """
-        y = self.g_a(x)
+    def entropy_forward(self, y: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """``ŷ`` and ``{"y": likelihoods}`` from the factorized density alone."""
         y_hat, y_likelihoods = self.entropy_bottleneck(y, mode=self.quantization)
-        x_hat = self.g_s(y_hat)
-        return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods}}
+        return y_hat, {"y": y_likelihoods}
 
     @torch.no_grad()
     def compress(self, x: Tensor) -> Dict[str, object]:

@@ -91,21 +91,16 @@ class ScaleHyperprior(CompressionModel):
         """``(scales, means)`` of ``y`` predicted from ``z_hat``; zero mean here (None)."""
         return self.h_s(z_hat), None
 
-    def forward(self, x: Tensor) -> Dict[str, object]:
-        """Training/evaluation pass: relaxed (train, see ``quantization``) or rounded (eval).
-
-        Returns ``{"x_hat": ..., "likelihoods": {"y": ..., "z": ...}}``; the rate in bits
-        is ``-log2`` of all likelihoods, summed.
-        """
-        y = self.g_a(x)
+    def entropy_forward(self, y: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """``ŷ`` and ``{"y", "z"}`` likelihoods: ``z`` through the entropy bottleneck, then
+        ``y`` through a Gaussian with the parameters ``h_s`` predicts from ``ẑ``."""
         z = self._hyper_analysis(y)
         z_hat, z_likelihoods = self.entropy_bottleneck(z, mode=self.quantization)
         scales, means = self._gaussian_params(z_hat)
         y_hat, y_likelihoods = self.gaussian_conditional(
             y, scales, means=means, mode=self.quantization
         )
-        x_hat = self.g_s(y_hat)
-        return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+        return y_hat, {"y": y_likelihoods, "z": z_likelihoods}
 
     @torch.no_grad()
     def compress(self, x: Tensor) -> Dict[str, object]:

@@ -1,0 +1,176 @@
+"""The book's trained models: one recipe per family, so every chapter gets the same weights.
+
+Each function trains through :func:`lictutor.train.train` (or :func:`fit_entropy_model`),
+whose cache under ``$LICTUTOR_HOME/checkpoints`` makes a later chapter load what an earlier
+one trained. Settings come from the active :class:`lictutor.budget.Budget`.
+
+* :func:`factorized_models` -- chapter 2: the middle λ trained from scratch, the others
+  warm-started from it for half as many steps.
+* :func:`hyperprior_models` -- chapters 3–4: a hyperprior-family model per λ (scale,
+  mean-scale or context) warm-started from the factorized model's transforms ``g_a``/``g_s``
+  at the same λ, in two stages:
+
+  1. :func:`fit_entropy_model`: with ``g_a``/``g_s`` frozen, the distortion does not depend
+     on any trainable parameter, so the loss is the rate alone, and ``y = g_a(x)`` can be
+     computed once per training photo. The entropy model (``h_a``, ``h_s``, the bottleneck of
+     ``z``, the context model) trains on random crops of those latents, about ten times
+     faster than a full step;
+  2. :func:`lictutor.train.train` fine-tunes everything jointly on ``λ·D + R``.
+
+  Every family gets the same two stages with the same steps, so their comparison is fair;
+  all of them have had more training than the factorized model they started from.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from lictutor import data, metrics, models
+from lictutor.budget import Budget
+from lictutor.errors import LictutorError
+from lictutor.train import (
+    TrainConfig, _lr_factor, budget_config, cache_path, load_checkpoint,
+    save_checkpoint, train,
+)
+
+__all__ = ["fit_entropy_model", "factorized_models", "hyperprior_models", "transforms_of"]
+
+TRANSFORMS = ("g_a", "g_s")
+
+
+def transforms_of(model: nn.Module) -> dict:
+    """The state dict of ``model``'s ``g_a`` and ``g_s`` (a warm start for another family)."""
+    return {k: v for k, v in model.state_dict().items() if k.split(".")[0] in TRANSFORMS}
+
+
+@torch.no_grad()
+def _training_latents(model: nn.Module, config: TrainConfig, device) -> list[torch.Tensor]:
+    """``g_a(x)`` of every training photo, cropped to a multiple of the model's down-sampling."""
+    f = model.downsampling_factor
+    photos = data.folder_images(config.images) if config.images else data.train_images()
+    latents = []
+    for name, img in photos:
+        h, w = img.shape[0] // f * f, img.shape[1] // f * f
+        if min(h, w) < config.crop:
+            continue
+        x = data.to_tensor(img[:h, :w]).unsqueeze(0).to(device)
+        latents.append(model.g_a(x))
+    if not latents:
+        raise LictutorError(f"no training photo is at least {config.crop}×{config.crop} pixels")
+    return latents
+
+
+def fit_entropy_model(config: TrainConfig, init_from: dict, *, cache: bool = True,
+                      progress: bool = True, device=None) -> tuple[nn.Module, dict]:
+    """Train the entropy model of ``config.model`` on fixed transforms; returns
+    ``(model, checkpoint)`` like :func:`lictutor.train.train`.
+
+    ``init_from`` must hold ``g_a`` and ``g_s`` (see :func:`transforms_of`), which stay
+    fixed (``config.frozen`` must name both). Each step draws ``config.batch`` crops of
+    ``config.crop`` pixels' worth of latent from the training photos and minimizes their
+    rate in bits per pixel under ``config.quantization``; ``config.lmbda`` plays no part.
+    """
+    from lictutor.device import pick_device, seed_everything
+
+    if not set(TRANSFORMS) <= set(config.frozen):
+        raise LictutorError(f"fit_entropy_model trains with g_a and g_s frozen; got frozen={config.frozen!r}")
+    missing = [k for k in models.create(config.model, **config.model_args).state_dict()
+               if k.split(".")[0] in TRANSFORMS and k not in init_from]
+    if missing:
+        raise LictutorError(f"init_from lacks the transforms' weights: {', '.join(missing[:3])}")
+    path = cache_path(config, init_from)
+    path = path.with_name("entropy-" + path.name)
+    device = pick_device() if device is None else torch.device(device)
+    if cache and path.exists():
+        return load_checkpoint(path, map_location=device)
+
+    seed_everything(config.seed)
+    model = models.create(config.model, **config.model_args)
+    model.load_state_dict(init_from, strict=False)
+    model.quantization = config.quantization
+    model.to(device).train()
+    model.requires_grad_(False)
+    params = [p for n, p in model.named_parameters() if n.split(".")[0] not in TRANSFORMS]
+    for p in params:
+        p.requires_grad_(True)
+    main = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith("quantiles")]
+    aux = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
+    optimizer = torch.optim.Adam(main, lr=config.lr)
+    aux_optimizer = torch.optim.Adam(aux, lr=config.aux_lr)
+    latents = _training_latents(model, config, device)
+    side = config.crop // 16  # g_a down-samples by 16
+    gen = torch.Generator().manual_seed(config.seed)
+    history, start = [], time.perf_counter()
+    for step in tqdm(range(config.steps), disable=not progress, desc=f"{config.model} entropy model"):
+        crops = []
+        for i in torch.randint(len(latents), (config.batch,), generator=gen).tolist():
+            y = latents[i]
+            top = torch.randint(y.shape[2] - side + 1, (1,), generator=gen).item()
+            left = torch.randint(y.shape[3] - side + 1, (1,), generator=gen).item()
+            crops.append(y[0, :, top:top + side, left:left + side])
+        y = torch.stack(crops)
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * _lr_factor(step, config)
+        _, likelihoods = model.entropy_forward(y)
+        bpp = metrics.bpp_from_likelihoods(likelihoods, config.batch * config.crop**2)
+        optimizer.zero_grad(set_to_none=True)
+        bpp.backward()
+        norm = nn.utils.clip_grad_norm_(main, config.clip or math.inf)
+        if not (torch.isfinite(bpp) and torch.isfinite(norm)):
+            raise LictutorError(f"entropy-model training diverged at step {step + 1}: bpp {bpp.item():.4g}; "
+                                "try a lower learning rate")
+        optimizer.step()
+        aux_optimizer.zero_grad(set_to_none=True)
+        model.aux_loss().backward()
+        aux_optimizer.step()
+        if (step + 1) % 10 == 0 or step + 1 == config.steps:
+            history.append({"step": step + 1, "bpp": bpp.item(), "time": time.perf_counter() - start})
+    model.requires_grad_(True)
+    model.update(force=True)
+    model.eval()
+    ckpt = {"key": path.stem, "step": config.steps, "history": history, "train_time": time.perf_counter() - start}
+    if cache:
+        save_checkpoint(path, model, config, **ckpt)
+    return model, ckpt
+
+
+def factorized_models(budget: Budget, progress: bool = True) -> dict[float, nn.Module]:
+    """Chapter 2's factorized priors, ``{λ: model}``: the middle λ from scratch for
+    ``budget.steps``, the others warm-started from it for half as many."""
+    lmbdas = sorted(budget.lmbdas)
+    base_lmbda = lmbdas[len(lmbdas) // 2]
+    base, _ = train(budget_config(budget, base_lmbda), progress=progress)
+    out = {base_lmbda: base}
+    for lmbda in lmbdas:
+        if lmbda != base_lmbda:
+            out[lmbda], _ = train(budget_config(budget, lmbda, steps=max(budget.steps // 2, 1)),
+                                  init_from=base.state_dict(), progress=progress)
+    return dict(sorted(out.items()))
+
+
+def hyperprior_stages(budget: Budget, lmbda: float, model: str, **changes) -> tuple[TrainConfig, TrainConfig]:
+    """The two configurations of :func:`hyperprior_models` at ``lmbda``: the entropy-model
+    fit (half the budget's steps, 16 crops of 256² a step) and the joint fine-tuning (a
+    quarter of the steps at half the peak learning rate). ``changes`` apply to both."""
+    fit = budget_config(budget, lmbda, model=model, steps=max(budget.steps // 2, 1), batch=16,
+                        crop=256, frozen=TRANSFORMS, **changes)
+    joint = budget_config(budget, lmbda, model=model, steps=max(budget.steps // 4, 1),
+                          lr=budget.lr / 2, **changes)
+    return fit, joint
+
+
+def hyperprior_models(budget: Budget, model: str = "hyperprior", progress: bool = True,
+                      **changes) -> dict[float, nn.Module]:
+    """``{λ: model}`` of a hyperprior family (``"hyperprior"``, ``"mean-scale"`` or
+    ``"context"``) warm-started from :func:`factorized_models` (see the module docstring)."""
+    out = {}
+    for lmbda, factorized in factorized_models(budget, progress=progress).items():
+        fit, joint = hyperprior_stages(budget, lmbda, model, **changes)
+        stage1, _ = fit_entropy_model(fit, transforms_of(factorized), progress=progress)
+        out[lmbda], _ = train(joint, init_from=stage1.state_dict(), progress=progress)
+    return out

@@ -1,0 +1,315 @@
+"""lictutor.distill: Hinton's soft targets, the tempered entropy-model KL, codec records, and
+the trainer with a teacher."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lictutor import distill, models
+from lictutor.distill import (
+    check_weights,
+    codec_distill_losses,
+    codec_forward,
+    entropy_model_kl,
+    hard_soft_loss,
+    integer_support,
+    logit_matching_loss,
+    soft_target_loss,
+    tempered_log_pmf,
+)
+from lictutor.entropy import GaussianConditional
+from lictutor.errors import LictutorError
+from lictutor.train import TrainConfig, cache_path, save_checkpoint, train
+
+SMALL = {"N": 16, "M": 24}
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    """An empty LICTUTOR_HOME for every test: the cache starts cold."""
+    monkeypatch.setenv("LICTUTOR_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def logits(seed, shape=(8, 10)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64) * 3
+
+
+# --- Hinton's soft targets --------------------------------------------------------------------
+
+
+def test_soft_loss_at_T1_is_plain_kl():
+    s, t = logits(0), logits(1)
+    expected = F.kl_div(F.log_softmax(s, 1), F.softmax(t, 1), reduction="batchmean")
+    torch.testing.assert_close(soft_target_loss(s, t, T=1.0), expected)
+    assert soft_target_loss(t, t, T=3.0).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_high_temperature_limit_is_logit_matching():
+    """Hinton et al. sec. 2.1: T²·KL → 1/(2N)·Σ(z − v)² of zero-mean logits, error O(1/T)."""
+    s, t = logits(2), logits(3) + 5.0  # a shift of the logits changes neither side
+    limit = logit_matching_loss(s, t).item()
+    errors = [abs(soft_target_loss(s, t, T).item() - limit) / limit for T in (10.0, 100.0, 1000.0)]
+    assert errors[2] < 1e-3
+    assert errors[1] < errors[0] / 5 and errors[2] < errors[1] / 5  # shrinks like 1/T
+    centered = 0.5 * ((s - s.mean(1, keepdim=True)) - (t - t.mean(1, keepdim=True))).pow(2).mean()
+    assert limit == pytest.approx(centered.item())
+
+
+def test_gradient_magnitude_does_not_depend_on_temperature():
+    """The soft targets' gradient scales as 1/T²; the T² factor makes it T-independent."""
+    t = logits(5)
+    norms, unscaled = [], []
+    for T in (5.0, 50.0, 500.0):
+        s = logits(4).requires_grad_()
+        loss = soft_target_loss(s, t, T)
+        (grad,) = torch.autograd.grad(loss, s)
+        norms.append(grad.norm().item())
+        unscaled.append(grad.norm().item() / T**2)
+    assert max(norms) / min(norms) < 1.3
+    assert norms[2] == pytest.approx(norms[1], rel=0.02)
+    assert unscaled[0] / unscaled[2] == pytest.approx(1e4, rel=0.3)  # without T²: 1/T²
+    # and the limit gradient is that of logit matching, (z − v)/N per example
+    s = logits(4).requires_grad_()
+    (limit,) = torch.autograd.grad(logit_matching_loss(s, t), s)
+    (far,) = torch.autograd.grad(soft_target_loss(s, t, 1e4), s)
+    torch.testing.assert_close(far, limit, rtol=1e-3, atol=1e-5)
+
+
+def test_hard_soft_loss():
+    s, t = logits(6), logits(7)
+    labels = torch.arange(8) % 10
+    torch.testing.assert_close(hard_soft_loss(s, t, labels, T=4.0, alpha=1.0), soft_target_loss(s, t, 4.0))
+    torch.testing.assert_close(hard_soft_loss(s, t, labels, T=4.0, alpha=0.0), F.cross_entropy(s, labels))
+    mixed = 0.3 * soft_target_loss(s, t, 4.0) + 0.7 * F.cross_entropy(s, labels)
+    torch.testing.assert_close(hard_soft_loss(s, t, labels, T=4.0, alpha=0.3), mixed)
+    with pytest.raises(LictutorError, match="alpha"):
+        hard_soft_loss(s, t, labels, alpha=1.5)
+    with pytest.raises(LictutorError, match="temperature"):
+        soft_target_loss(s, t, T=0)
+    with pytest.raises(LictutorError, match="shape"):
+        soft_target_loss(s, t[:, :5])
+
+
+# --- the tempered discretized Gaussian -------------------------------------------------------
+
+
+def gaussian_params(seed, shape=(2, 3, 4, 4)):
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(shape, generator=g) * 3
+    scales = torch.rand(shape, generator=g) * 6 + 0.02  # some below the 0.11 bound
+    return means, scales
+
+
+@pytest.mark.parametrize("T", [0.5, 1.0, 2.0, 10.0])
+def test_tempered_categorical_sums_to_one(T):
+    means, scales = gaussian_params(0)
+    support = integer_support(means, K=16)
+    assert support.shape == means.shape + (33,)
+    p = tempered_log_pmf(support, means, scales, T).exp()
+    torch.testing.assert_close(p.sum(-1), torch.ones_like(means))
+    assert bool(torch.isfinite(p).all())
+
+
+def test_at_T1_the_categorical_is_the_gaussian_conditional_likelihood():
+    means, scales = gaussian_params(1)
+    support = integer_support(means, K=16)
+    gc = GaussianConditional(None)
+    expected = gc.likelihood(support, scales.unsqueeze(-1), means.unsqueeze(-1))
+    expected = expected / expected.sum(-1, keepdim=True)
+    torch.testing.assert_close(tempered_log_pmf(support, means, scales, 1.0).exp(), expected, atol=1e-6, rtol=1e-4)
+    # zero-mean (scale hyperprior): means None
+    expected = gc.likelihood(support - means.round().unsqueeze(-1), scales.unsqueeze(-1))
+    expected = expected / expected.sum(-1, keepdim=True)
+    got = tempered_log_pmf(support - means.round().unsqueeze(-1), None, scales, 1.0).exp()
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-4)
+
+
+def test_temperature_flattens_the_categorical():
+    means, scales = gaussian_params(2)
+    support = integer_support(means, K=8)
+
+    def entropy(T):
+        log_p = tempered_log_pmf(support, means, scales, T)
+        return -(log_p.exp() * log_p).sum(-1).mean().item()
+
+    assert entropy(0.5) < entropy(1.0) < entropy(2.0) < entropy(20.0) < math.log(17)
+
+
+def test_entropy_model_kl():
+    means, scales = gaussian_params(3)
+    for T in (1.0, 4.0):
+        assert entropy_model_kl(means, scales, means, scales, T=T).item() == pytest.approx(0.0, abs=1e-6)
+        assert entropy_model_kl(None, scales, None, scales, T=T).item() == pytest.approx(0.0, abs=1e-6)
+    s_means = (means + 0.7).requires_grad_()
+    s_scales = (scales * 1.5).requires_grad_()
+    t_means, t_scales = means.clone().requires_grad_(), scales.clone().requires_grad_()
+    kl = entropy_model_kl(s_means, s_scales, t_means, t_scales, T=2.0)
+    assert kl.item() > 0 and math.isfinite(kl.item())
+    kl.backward()
+    assert s_means.grad.abs().sum() > 0 and s_scales.grad.abs().sum() > 0
+    assert t_means.grad is None and t_scales.grad is None  # the teacher is a fixed target
+    # far-apart distributions with the smallest scale: large but finite, no NaN anywhere
+    tiny = torch.full((4,), 0.11)
+    far = entropy_model_kl(torch.full((4,), 10.0, requires_grad=True), tiny, torch.zeros(4), tiny, T=1.0, K=16)
+    assert math.isfinite(far.item()) and far.item() > 100
+    with pytest.raises(LictutorError, match="shape"):
+        entropy_model_kl(None, scales[:1], None, scales)
+    with pytest.raises(LictutorError, match="K must be"):
+        entropy_model_kl(None, scales, None, scales, K=0)
+
+
+# --- codec records and losses ----------------------------------------------------------------
+
+
+def test_codec_forward_records_one_pass():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 64)
+    model = models.create("hyperprior", **SMALL).eval()
+    rec = codec_forward(model, x, features=["g_s.1"])
+    ref = model(x)
+    torch.testing.assert_close(rec["x_hat"], ref["x_hat"])
+    torch.testing.assert_close(rec["y_hat"], torch.round(rec["y"]))  # eval: rounded, zero mean
+    assert rec["means"] is None and rec["scales"].shape == rec["y"].shape
+    assert rec["z_hat"].shape == (2, 16, 1, 1) and rec["features"]["g_s.1"].shape == (2, 16, 8, 8)
+    assert set(rec["likelihoods"]) == {"y", "z"}
+
+    mean_scale = codec_forward(models.create("mean-scale", **SMALL).eval(), x)
+    assert mean_scale["means"].shape == mean_scale["scales"].shape == mean_scale["y"].shape
+    context = codec_forward(models.create("context", **SMALL).eval(), x)
+    assert context["means"].shape == context["y"].shape and "z_hat" in context
+    factorized = codec_forward(models.create("factorized", **SMALL).eval(), x)
+    assert "scales" not in factorized and "z_hat" not in factorized
+    with pytest.raises(LictutorError, match="no module 'g_s.99'"):
+        codec_forward(model, x, features=["g_s.99"])
+    assert not model.g_s._forward_pre_hooks and not model.g_a._forward_hooks  # hooks removed
+
+
+def test_compressai_models_are_recorded_too():
+    """Same module names, so a CompressAI model (e.g. a pretrained teacher) records the same values."""
+    compressai_models = pytest.importorskip("compressai.models")
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 64, 64)
+    theirs = compressai_models.ScaleHyperprior(16, 24).eval()
+    ours = models.ScaleHyperprior(16, 24)
+    ours.load_state_dict(theirs.state_dict())
+    a, b = codec_forward(ours.eval(), x), codec_forward(theirs, x)
+    for key in ("y", "y_hat", "z_hat", "scales", "x_hat"):
+        torch.testing.assert_close(a[key], b[key], msg=key)
+    assert b["means"] is None
+
+
+def test_codec_distill_losses():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 64)
+    teacher = models.create("mean-scale", **SMALL).eval()
+    weights = {"y": 1.0, "z": 1.0, "x_hat": 1.0, "kl": 1.0, "T": 2.0, "features": {"g_s.3": 0.5}}
+    rec = codec_forward(teacher, x, ["g_s.3"])
+    same = codec_distill_losses(rec, rec, weights)
+    assert set(same) == {"y", "z", "x_hat", "kl", "features"}
+    assert all(v.item() == pytest.approx(0.0, abs=1e-6) for v in same.values())
+
+    student = models.create("mean-scale", **SMALL).train()
+    terms = codec_distill_losses(codec_forward(student, x, ["g_s.3"]), rec, weights)
+    assert all(v.item() > 0 for v in terms.values())
+    sum(terms.values()).backward()
+    assert student.g_a[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+    assert set(codec_distill_losses(rec, rec, {"y": 0.2})) == {"y"}  # only positive weights
+
+    narrow = codec_forward(models.create("mean-scale", N=8, M=24).eval(), x, ["g_s.3"])
+    with pytest.raises(LictutorError, match=r"'z'.*shape"):
+        codec_distill_losses(narrow, rec, {"z": 1.0})
+    with pytest.raises(LictutorError, match=r"g_s.3.*shape"):
+        codec_distill_losses(narrow, rec, {"features": {"g_s.3": 1.0}})
+    factorized = codec_forward(models.create("factorized", **SMALL).eval(), x)
+    with pytest.raises(LictutorError, match="'kl' needs the Gaussian parameters"):
+        codec_distill_losses(factorized, factorized, {"kl": 1.0})
+
+
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        ({"y": 0.2, "ydot": 1}, "unknown distillation weights: ydot"),
+        ({"y": -0.2}, "weight y must be a finite number >= 0"),
+        ({"x_hat": float("nan")}, "weight x_hat"),
+        ({"y": 1, "T": 0}, "temperature"),
+        ({"y": 1, "K": 2.5}, "K must be a positive integer"),
+        ({"rd": 1.0}, "no distillation term"),
+        ({"features": ["g_s.1"]}, "features must map layer names"),
+        ({"features": {"g_s.1": -1}}, r"features\['g_s.1'\]"),
+        ([("y", 1)], "must be a dict"),
+    ],
+)
+def test_bad_weights(weights, message):
+    with pytest.raises(LictutorError, match=message):
+        check_weights(weights)
+
+
+def test_weights_defaults():
+    assert check_weights({"y": 0.2}) == {**distill.DEFAULT_WEIGHTS, "y": 0.2}
+    config = TrainConfig(distill={"y": 0.2, "features": {"g_s.1": 0.1}})
+    assert config == TrainConfig(distill={"y": 0.2, "rd": 1.0, "T": 1.0, "features": {"g_s.1": 0.1}})
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+# --- the trainer with a teacher ---------------------------------------------------------------
+
+STUDENT = dict(model="hyperprior", model_args=SMALL, steps=3, batch=2, crop=64, warmup=0, lmbda=0.013)
+
+
+def test_plain_cache_keys_are_unchanged():
+    """Keys computed before `distill` existed: cached checkpoints of earlier chapters still load."""
+    assert TrainConfig().key() == "e3b96f5920d47d3f"
+    assert TrainConfig(**STUDENT).key() == "3444f00138e006d1"
+    assert TrainConfig(frozen=("g_a",)).key() == "051015a7b764b9c0"
+
+
+def test_train_with_a_teacher(tmp_path):
+    torch.manual_seed(1)
+    teacher = models.create("hyperprior", **SMALL)
+    weights = {"rd": 1.0, "y": 0.2, "x_hat": 0.2, "kl": 0.1, "T": 2.0}
+    config = TrainConfig(**STUDENT, distill=weights)
+    model, ckpt = train(config, teacher=teacher, progress=False, log_every=1)
+    assert [h["step"] for h in ckpt["history"]] == [1, 2, 3]
+    for h in ckpt["history"]:
+        assert {"rd", "kd_y", "kd_x_hat", "kd_kl"} <= set(h) and "kd_z" not in h
+        kd = 0.2 * h["kd_y"] + 0.2 * h["kd_x_hat"] + 0.1 * h["kd_kl"]
+        assert h["loss"] == pytest.approx(h["rd"] + kd, rel=1e-5)
+    assert not teacher.training and not model.training
+
+    # the teacher is part of the key, by its parameters: as a model or as a checkpoint file
+    path = tmp_path / "teacher.pt"
+    save_checkpoint(path, teacher, TrainConfig(**STUDENT))
+    assert cache_path(config, teacher=path) == cache_path(config, teacher=teacher)
+    assert cache_path(config, teacher=teacher).is_file()
+    torch.manual_seed(2)
+    other = models.create("hyperprior", **SMALL)
+    keys = {config.key(teacher=teacher), config.key(teacher=other), TrainConfig(**STUDENT).key()}
+    assert len(keys) == 3
+
+    # the teacher draws none of the student's noise: its RD loss is that of plain training
+    plain = train(TrainConfig(**{**STUDENT, "steps": 1}), cache=False, progress=False, log_every=1)[1]
+    first = train(TrainConfig(**{**STUDENT, "steps": 1}, distill=weights), teacher=path, cache=False,
+                  progress=False, log_every=1)[1]
+    assert first["history"][0]["rd"] == pytest.approx(plain["history"][0]["loss"], rel=1e-6)
+
+
+def test_teacher_and_weights_go_together():
+    torch.manual_seed(1)
+    teacher = models.create("hyperprior", **SMALL)
+    with pytest.raises(LictutorError, match="no weights"):
+        train(TrainConfig(**STUDENT), teacher=teacher, cache=False, progress=False)
+    with pytest.raises(LictutorError, match="no teacher"):
+        train(TrainConfig(**STUDENT, distill={"y": 0.2}), cache=False, progress=False)
+    with pytest.raises(LictutorError, match="teacher must be a model or a checkpoint path"):
+        train(TrainConfig(**STUDENT, distill={"y": 0.2}), teacher=42, cache=False, progress=False)
+    with pytest.raises(LictutorError, match="distill must be a dict"):
+        TrainConfig(distill=[0.2])
+    wide = models.create("hyperprior", N=16, M=32)  # another M: ŷ cannot be compared
+    with pytest.raises(LictutorError, match=r"'y'.*shape"):
+        train(TrainConfig(**STUDENT, distill={"y": 0.2}), teacher=wide, cache=False, progress=False)
