@@ -1,4 +1,5 @@
-"""Building blocks of the transforms: GDN / IGDN and the conv / deconv helpers.
+"""Building blocks of the transforms: GDN / IGDN, the conv / deconv helpers, the masked
+convolutions of the context models and the deformable residual block of chapter 7.
 
 Written from scratch in plain PyTorch, but with CompressAI's module, parameter and
 buffer names, so that a CompressAI ``GDN`` state dict loads into ours and back::
@@ -16,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import DeformConv2d
 
 from lictutor.errors import LictutorError
 
@@ -27,6 +29,8 @@ __all__ = [
     "conv",
     "deconv",
     "MaskedConv2d",
+    "CheckerboardMaskedConv2d",
+    "DeformableResidualBlock",
 ]
 
 
@@ -219,3 +223,77 @@ class MaskedConv2d(nn.Conv2d):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, mask_type={self.mask_type!r}"
+
+
+class CheckerboardMaskedConv2d(MaskedConv2d):
+    """A ``Conv2d`` that only sees the *anchors* of a checkerboard.
+
+    He, Zheng, Sun, Wang & Qin (2021), "Checkerboard Context Model for Efficient Learned
+    Image Compression" (CVPR 2021). The latent is split like a checkerboard into *anchors*,
+    the positions ``(i, j)`` with ``i + j`` even, and *non-anchors*, those with ``i + j``
+    odd (CompressAI's ``anchor_parity="even"``). The anchors are decoded first, all at
+    once; then every non-anchor is predicted from the anchors around it, again all at
+    once. The mask keeps the kernel taps at an odd offset from the centre: for a 5x5
+    kernel (type "A")::
+
+        0 1 0 1 0
+        1 0 1 0 1
+        0 1 0 1 0      centred on a non-anchor, the 1s fall on anchors only
+        1 0 1 0 1
+        0 1 0 1 0
+
+    Type "B" also keeps the centre tap. The output is meaningful at the non-anchors only
+    (at an anchor, the taps fall on non-anchors): the models zero it at the anchors.
+
+    Same arguments, buffer name (``mask``) and mask as
+    ``compressai.layers.CheckerboardMaskedConv2d``; like :class:`MaskedConv2d`, the mask
+    is applied on the fly and ``weight`` is left untouched.
+    """
+
+    def __init__(self, *args, mask_type: str = "A", **kwargs):
+        super().__init__(*args, mask_type=mask_type, **kwargs)
+        _, _, h, w = self.mask.shape
+        self.mask.fill_(1)
+        self.mask[:, :, 0::2, 0::2] = 0  # taps at an even offset from the centre
+        self.mask[:, :, 1::2, 1::2] = 0
+        self.mask[:, :, h // 2, w // 2] = float(mask_type == "B")
+
+
+class DeformableResidualBlock(nn.Module):
+    """The deformable residual module (DRM) of Fu, Liang, Liang, Wang, Fang, Zhang & Han (2023),
+    "Fast and High-Performance Learned Image Compression With Improved Checkerboard Context
+    Model, Deformable Residual Module, and Knowledge Distillation" (arXiv 2309.02529).
+
+    A residual block whose second convolution is *deformable* (Dai et al. 2017, "Deformable
+    Convolutional Networks"; :class:`torchvision.ops.DeformConv2d`): every tap of its 3x3
+    kernel samples the input at the tap's position plus a learned, per-pixel offset, so the
+    block can widen and reshape its receptive field where the image needs it::
+
+        x -> conv1 -> LeakyReLU -> h -> conv2(h, offsets=offset(h)) -> LeakyReLU -> + x
+
+    ``offset`` is a small 3x3 convolution predicting two offsets (rows, columns) per kernel
+    tap and pixel (18 channels). It starts at zero, so that a new block is exactly the
+    plain residual block (``compressai.layers.ResidualBlock``, whose layout and parameter
+    names ``conv1``/``conv2`` we keep) and learns to deform from there.
+
+    Where the paper is silent we chose: the layout of CompressAI's ``ResidualBlock`` (leaky
+    ReLU after both convolutions), 3x3 kernels, and offsets predicted from ``h``, the input
+    of the deformable convolution. Channels and size are unchanged.
+
+    Args:
+        channels: input and output channels.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.leaky_relu = nn.LeakyReLU(inplace=True)
+        self.offset = nn.Conv2d(channels, 2 * 3 * 3, 3, padding=1)
+        nn.init.zeros_(self.offset.weight)
+        nn.init.zeros_(self.offset.bias)
+        self.conv2 = DeformConv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.leaky_relu(self.conv1(x))
+        out = self.leaky_relu(self.conv2(h, self.offset(h)))
+        return out + x

@@ -6,13 +6,15 @@ the trainer and checkpoints use).
 
 from lictutor.errors import LictutorError
 from lictutor.models.base import CompressionModel
+from lictutor.models.checkerboard import CheckerboardContext, FastLIC
 from lictutor.models.factorized import FactorizedPrior, FactorizedPrior2017
 from lictutor.models.context import JointAutoregressiveHierarchicalPriors
 from lictutor.models.hyperprior import MeanScaleHyperprior, ScaleHyperprior
 
 __all__ = [
     "CompressionModel", "FactorizedPrior", "FactorizedPrior2017", "ScaleHyperprior",
-    "MeanScaleHyperprior", "JointAutoregressiveHierarchicalPriors", "MODELS", "create",
+    "MeanScaleHyperprior", "JointAutoregressiveHierarchicalPriors", "CheckerboardContext",
+    "FastLIC", "MODELS", "create",
 ]
 
 #: name -> model class
@@ -22,6 +24,8 @@ MODELS = {
     "hyperprior": ScaleHyperprior,  # Ballé et al. 2018 (CompressAI "bmshj2018-hyperprior")
     "mean-scale": MeanScaleHyperprior,  # Minnen et al. 2018 (CompressAI "mbt2018-mean")
     "context": JointAutoregressiveHierarchicalPriors,  # Minnen et al. 2018 (CompressAI "mbt2018")
+    "checkerboard": CheckerboardContext,  # He et al. 2021
+    "fast": FastLIC,  # after Fu et al. 2023 (improved checkerboard, DRM, channel skipping)
 }
 
 
