@@ -50,16 +50,20 @@ def transforms_of(model: nn.Module) -> dict:
 
 @torch.no_grad()
 def _training_latents(model: nn.Module, config: TrainConfig, device) -> list[torch.Tensor]:
-    """``g_a(x)`` of every training photo, cropped to a multiple of the model's down-sampling."""
+    """``g_a(x)`` of every training photo, as is and mirrored, each at two pixel phases
+    (0 and 8: ``g_a`` down-samples by 16, so a shifted photo gives other latents). Four
+    variants per photo stand in for the image trainer's random crops and flips."""
     f = model.downsampling_factor
     photos = data.folder_images(config.images) if config.images else data.train_images()
     latents = []
     for name, img in photos:
-        h, w = img.shape[0] // f * f, img.shape[1] // f * f
-        if min(h, w) < config.crop:
-            continue
-        x = data.to_tensor(img[:h, :w]).unsqueeze(0).to(device)
-        latents.append(model.g_a(x))
+        for flip in (False, True):
+            for shift in (0, 8):
+                h, w = (img.shape[0] - shift) // f * f, (img.shape[1] - shift) // f * f
+                if min(h, w) < config.crop:
+                    continue
+                x = data.to_tensor(img[shift:shift + h, shift:shift + w]).unsqueeze(0).to(device)
+                latents.append(model.g_a(x.flip(-1) if flip else x))
     if not latents:
         raise LictutorError(f"no training photo is at least {config.crop}×{config.crop} pixels")
     return latents
@@ -157,10 +161,10 @@ def hyperprior_stages(budget: Budget, lmbda: float, model: str, **changes) -> tu
     """The two configurations of :func:`hyperprior_models` at ``lmbda``: the entropy-model
     fit (half the budget's steps, 16 crops of 256² a step) and the joint fine-tuning (a
     quarter of the steps at half the peak learning rate). ``changes`` apply to both."""
-    fit = budget_config(budget, lmbda, model=model, steps=max(budget.steps // 2, 1), batch=16,
-                        crop=256, frozen=TRANSFORMS, **changes)
-    joint = budget_config(budget, lmbda, model=model, steps=max(budget.steps // 4, 1),
-                          lr=budget.lr / 2, **changes)
+    fit = dict(steps=max(budget.steps // 2, 1), batch=16, crop=256, frozen=TRANSFORMS)
+    joint = dict(steps=max(budget.steps // 4, 1), lr=budget.lr / 2)
+    fit = budget_config(budget, lmbda, model=model, **{**fit, **changes})
+    joint = budget_config(budget, lmbda, model=model, **{**joint, **changes})
     return fit, joint
 
 

@@ -1,0 +1,116 @@
+"""lictutor.zoo: the entropy-model fit on fixed transforms, and the trainer's frozen modules
+and partial warm starts it relies on."""
+
+import pytest
+import torch
+
+from lictutor import metrics, models, zoo
+from lictutor.budget import get_budget
+from lictutor.errors import LictutorError
+from lictutor.train import TrainConfig, train
+
+TINY = dict(model_args={"N": 8, "M": 12}, batch=2, crop=64, warmup=1, lr=1e-2)
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("LICTUTOR_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def transforms():
+    """Transforms of a random factorized model, ``g_a``'s output scaled up so that the
+    latents cost several bits each (at initialization they are near zero)."""
+    torch.manual_seed(1)
+    state = zoo.transforms_of(models.create("factorized", N=8, M=12))
+    state["g_a.6.weight"] = state["g_a.6.weight"] * 30
+    return state
+
+
+def test_transforms_of_keeps_only_g_a_and_g_s():
+    state = transforms()
+    assert state and all(k.startswith(("g_a.", "g_s.")) for k in state)
+
+
+def test_partial_warm_start_loads_the_transforms_and_keeps_the_rest():
+    init = transforms()
+    model, _ = train(TrainConfig(model="hyperprior", steps=1, frozen=("g_a", "g_s"), **TINY),
+                     init_from=init, progress=False)
+    for k, v in init.items():
+        torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=0, msg=k)
+
+
+def test_unexpected_warm_start_weights_are_an_error():
+    with pytest.raises(LictutorError, match="do not fit"):
+        train(TrainConfig(model="hyperprior", steps=1, **TINY), init_from={"nope.weight": torch.zeros(1)},
+              progress=False)
+
+
+def test_frozen_modules_do_not_change_but_the_others_do():
+    init = transforms()
+    torch.manual_seed(0)
+    start = models.create("hyperprior", N=8, M=12)
+    start.load_state_dict(init, strict=False)
+    model, _ = train(TrainConfig(model="hyperprior", steps=3, frozen=("g_a", "g_s"), **TINY),
+                     init_from=start.state_dict(), progress=False)
+    after = model.state_dict()
+    for k, v in start.state_dict().items():
+        same = torch.equal(after[k], v)
+        if k.startswith(("g_a.", "g_s.")):
+            assert same, k
+    assert not torch.equal(after["h_s.0.weight"], start.state_dict()["h_s.0.weight"])
+
+
+def test_frozen_names_are_checked():
+    with pytest.raises(LictutorError, match="no module"):
+        train(TrainConfig(model="hyperprior", steps=1, frozen=("g_x",), **TINY), progress=False)
+    with pytest.raises(LictutorError, match="sequence of module names"):
+        TrainConfig(frozen="g_a")
+
+
+def test_frozen_is_part_of_the_key_only_when_set():
+    plain = TrainConfig(**TINY)
+    assert plain.key() == TrainConfig(frozen=(), **TINY).key()
+    assert plain.key() != TrainConfig(frozen=("g_a",), **TINY).key()
+
+
+@pytest.mark.parametrize("family", ["hyperprior", "mean-scale", "context"])
+def test_fit_entropy_model_lowers_the_rate_and_keeps_the_transforms(family):
+    init = transforms()
+    config = TrainConfig(model=family, steps=30, frozen=("g_a", "g_s"), **TINY)
+    model, ckpt = zoo.fit_entropy_model(config, init, progress=False)
+    for k, v in init.items():
+        torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    bpp = [h["bpp"] for h in ckpt["history"]]
+    assert len(bpp) == 3 and bpp[-1] < 0.8 * bpp[0]
+    # the model codes right away, and its rate estimate on a crop is what the fit optimized
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        out = model.compress(x)
+        assert model.decompress(out["strings"], out["shape"])["x_hat"].shape == x.shape
+
+
+def test_fit_entropy_model_caches_and_checks_its_inputs(monkeypatch):
+    init = transforms()
+    config = TrainConfig(model="hyperprior", steps=2, frozen=("g_a", "g_s"), **TINY)
+    first, _ = zoo.fit_entropy_model(config, init, progress=False)
+    monkeypatch.setattr(zoo, "_training_latents", lambda *a: (_ for _ in ()).throw(AssertionError("trained")))
+    again, _ = zoo.fit_entropy_model(config, init, progress=False)
+    torch.testing.assert_close(again.state_dict()["h_s.0.weight"], first.state_dict()["h_s.0.weight"])
+    with pytest.raises(LictutorError, match="frozen"):
+        zoo.fit_entropy_model(TrainConfig(model="hyperprior", steps=2, **TINY), init, progress=False)
+    with pytest.raises(LictutorError, match="lacks the transforms"):
+        zoo.fit_entropy_model(config, {k: v for k, v in init.items() if k.startswith("g_a.")}, progress=False)
+
+
+def test_hyperprior_models_one_per_lambda_from_the_factorized_transforms():
+    budget = get_budget("smoke").with_(steps=4, N=8, M=12)
+    factorized = zoo.factorized_models(budget, progress=False)
+    trained = zoo.hyperprior_models(budget, "mean-scale", progress=False)
+    assert sorted(trained) == sorted(budget.lmbdas) == sorted(factorized)
+    fit, joint = zoo.hyperprior_stages(budget, budget.lmbdas[0], "mean-scale")
+    assert fit.frozen == ("g_a", "g_s") and joint.frozen == () and fit.crop == 256
+    assert isinstance(trained[budget.lmbdas[0]], models.MeanScaleHyperprior)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert metrics.bpp_from_likelihoods(trained[budget.lmbdas[0]](x)["likelihoods"], 64 * 64) > 0
