@@ -23,6 +23,8 @@ What it adds to a plain loop, each of which a reader would otherwise write badly
 * a warm start (``init_from``) from another run's weights, e.g. a neighbouring λ;
 * knowledge distillation from a ``teacher`` (:mod:`lictutor.distill`): the loss becomes
   ``rd · (λ·D + bpp) + Σ_t w_t · KD_t`` with the weights of ``config.distill``;
+* an L1 penalty on the quantized latent, ``l1 · mean|ŷ|`` (Fu et al. 2023): it pushes whole
+  channels of ŷ to zero, which :class:`lictutor.models.FastLIC` then skips when coding;
 * multi-process data parallelism (``torchrun``, DistributedDataParallel), equal to one process
   with the same global batch;
 * ``update()`` of the entropy models at the end, so a trained model compresses right away.
@@ -37,6 +39,7 @@ import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping, Union
@@ -60,6 +63,7 @@ __all__ = [
     "cache_path",
     "weights_digest",
     "teacher_digest",
+    "add_l1_sparsity",
 ]
 
 CHECKPOINT_FORMAT = "lictutor-checkpoint-1"
@@ -97,6 +101,9 @@ class TrainConfig:
     #: knowledge-distillation weights (:func:`lictutor.distill.check_weights`), e.g.
     #: ``{"rd": 0.4, "y": 0.2, "x_hat": 0.2}``; empty: no distillation. Needs ``train(teacher=...)``
     distill: dict = field(default_factory=dict)
+    #: weight of the L1 penalty ``mean|ŷ|`` added to the loss (Fu et al. 2023); 0: none.
+    #: ŷ is the model output's ``"y_hat"``, or else the input of its ``g_s``
+    l1: float = 0.0
     seed: int = 0
     images: str | None = None  #: training folder; None: the book's offline photos
     budget: str = ""  #: the budget that chose these settings, part of the cache key
@@ -122,10 +129,11 @@ class TrainConfig:
         for name in ("steps", "batch", "crop"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise LictutorError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("lmbda", "lr", "aux_lr", "final_lr", "clip"):
+        for name in ("lmbda", "lr", "aux_lr", "final_lr", "clip", "l1"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise LictutorError(f"{name} must be a finite number >= 0, got {value!r}")
+        object.__setattr__(self, "l1", float(self.l1))  # l1=1 and l1=1.0: one cache key
         for name in ("lmbda", "lr", "aux_lr"):
             if getattr(self, name) == 0:
                 raise LictutorError(f"{name} must be positive, got 0")
@@ -158,7 +166,7 @@ class TrainConfig:
         """A short hash of the configuration and of the *content* of the warm-start weights
         and of the teacher (:func:`teacher_digest`): the checkpoint cache key."""
         settings = self.to_dict()
-        for name in ("frozen", "distill"):  # added later: left out at their defaults so older keys still hold
+        for name in ("frozen", "distill", "l1"):  # added later: left out at their defaults so older keys still hold
             if not settings[name]:
                 del settings[name]
         if init_from is not None:
@@ -335,6 +343,45 @@ def _distillation_losses(losses: dict, student: dict, teacher: nn.Module, x: Ten
     return {**losses, "loss": total, "rd": losses["loss"], **{f"kd_{n}": v for n, v in terms.items()}}
 
 
+def add_l1_sparsity(losses: dict, y_hat: Tensor, weight: float) -> dict:
+    """``losses`` with ``loss`` + ``weight · mean|y_hat|`` (the L1 penalty of Fu et al. 2023,
+    :func:`lictutor.models.checkerboard.l1_sparsity`), the penalty unweighted as ``l1``, and
+    the loss without it as ``rd`` (unless ``losses`` has one already, from distillation).
+
+    The mean runs over every element of the batch's ŷ, so the penalty's gradient with respect
+    to an element is ``weight · sign(ŷ) / ŷ.numel()`` (0 where ŷ is exactly 0).
+    """
+    term = y_hat.abs().mean()
+    return {**losses, "loss": losses["loss"] + weight * term, "rd": losses.get("rd", losses["loss"]), "l1": term}
+
+
+@contextmanager
+def _latent(model: nn.Module, enabled: bool):
+    """Yields a dict that the forward passes run inside the block fill with ``"y_hat"``, the
+    input of ``model.g_s`` (when ``enabled`` and the model has a ``g_s``)."""
+    got: dict = {}
+    g_s = getattr(model, "g_s", None) if enabled else None
+    hook = None
+    if isinstance(g_s, nn.Module):
+        hook = g_s.register_forward_pre_hook(lambda module, args: got.__setitem__("y_hat", args[0]))
+    try:
+        yield got
+    finally:
+        if hook is not None:
+            hook.remove()
+
+
+def _sparse_latent(output: Mapping, captured: Mapping, model_name: str) -> Tensor:
+    """The ŷ the L1 penalty applies to: the output's ``"y_hat"``, else ``g_s``'s input."""
+    y_hat = output.get("y_hat", captured.get("y_hat")) if isinstance(output, Mapping) else captured.get("y_hat")
+    if not isinstance(y_hat, Tensor):
+        raise LictutorError(
+            f"l1 > 0 needs the quantized latent: the model {model_name!r} returns no 'y_hat' "
+            "and has no module 'g_s' whose input it would be"
+        )
+    return y_hat
+
+
 def _lr_factor(step: int, config: TrainConfig) -> float:
     """Linear warm-up, then cosine decay from 1 to ``final_lr``."""
     if step < config.warmup:
@@ -394,6 +441,11 @@ def train(
     ŷ differs from a target by its noise as well: ``E[(ŷ_s − ŷ_t)²]`` gains a constant 1/12,
     not a bias in the gradient.) The history then also holds ``rd`` (the RD loss) and every
     distillation term ``kd_<term>``.
+
+    ``config.l1`` > 0: ``l1 · mean|ŷ|`` is added to the loss (after the distillation terms, not
+    weighted by their ``rd``), with ŷ the model output's ``"y_hat"`` or, for models that do not
+    return it, the input of their ``g_s`` (the same tensor: what the decoder sees); the history
+    then also holds ``rd`` (the loss without the penalty) and ``l1`` (``mean|ŷ|``, unweighted).
     """
     from lictutor import data, models
     from lictutor.device import pick_device, seed_everything
@@ -482,14 +534,18 @@ def train(
             group["lr"] = config.lr * _lr_factor(step, config)
 
         optimizer.zero_grad(set_to_none=True)
-        with quantization.sample_seeds([config.seed * 1_000_003 + i for i in indices]):
+        with quantization.sample_seeds([config.seed * 1_000_003 + i for i in indices]), \
+                _latent(model, config.l1 > 0) as latent:
             if teacher is None:
-                losses = criterion(net(x), x)
+                output = net(x)
+                losses = criterion(output, x)
             else:
                 with distill.record(model, list(config.distill["features"])) as student:
                     output = net(x)
                 losses = criterion(output, x)
                 losses = _distillation_losses(losses, {**student, **output}, teacher, x, config.distill)
+            if config.l1 > 0:
+                losses = add_l1_sparsity(losses, _sparse_latent(output, latent, config.model), config.l1)
         losses["loss"].backward()
         grad_norm = nn.utils.clip_grad_norm_(main_params, config.clip or math.inf)
         # Checked before the step, so the weights (and the last checkpoint) stay finite. Under
@@ -510,7 +566,7 @@ def train(
 
         step += 1
         if step % log_every == 0 or step == config.steps:
-            terms = [k for k in losses if k == "rd" or k.startswith("kd_")]  # only when distilling
+            terms = [k for k in losses if k in ("rd", "l1") or k.startswith("kd_")]  # distilling, l1 > 0
             values = torch.stack([losses[k] for k in ("loss", "bpp", "mse", *terms)]).detach()
             if world > 1:  # the mean over processes is the value of the global batch
                 dist.all_reduce(values)

@@ -319,3 +319,80 @@ def test_budget_config_follows_the_budget():
     assert config.warmup == smoke.steps // 20
     short = budget_config(smoke, 0.01, steps=10, quantization="ste")
     assert (short.steps, short.warmup, short.quantization) == (10, 0, "ste")
+
+
+# --- the L1 penalty on ŷ (Fu et al. 2023) ------------------------------------------------------
+
+FAST = dict(model="fast", model_args={"N": 16, "M": 24}, steps=1, batch=2, crop=64, warmup=0)
+
+
+def test_l1_leaves_older_cache_keys_alone():
+    # Keys observed before TrainConfig had an l1 field: checkpoints cached then still load.
+    assert TrainConfig().key() == "e3b96f5920d47d3f"
+    assert TrainConfig(**FAST).key() == TrainConfig(**FAST, l1=0).key() == "3297448042a9ddeb"
+    assert TrainConfig(l1=0.0).key() == TrainConfig().key()
+    assert TrainConfig(l1=0.01).key() != TrainConfig().key()
+    assert TrainConfig(l1=0.01).key() != TrainConfig(l1=0.02).key()
+    assert TrainConfig(l1=1).key() == TrainConfig(l1=1.0).key()
+    config = TrainConfig(**FAST, l1=0.25)
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    for bad in (-0.1, float("nan"), "0.1"):
+        with pytest.raises(LictutorError, match="l1 must be a finite number"):
+            TrainConfig(l1=bad)
+
+
+def test_l1_gradient_is_the_weighted_sign():
+    torch.manual_seed(0)
+    net = models.create("fast", N=16, M=24).train()
+    net.quantization = "ste"
+    x = torch.rand(2, 3, 64, 64)
+    out = net(x)
+    y_hat = out["y_hat"]
+    losses = RateDistortionLoss(0.01)(out, x)
+    (rd_grad,) = torch.autograd.grad(losses["loss"], y_hat, retain_graph=True)
+    total = train_module.add_l1_sparsity(losses, y_hat, 0.3)
+    assert total["rd"] is losses["loss"] and total["l1"] == y_hat.abs().mean()
+    torch.testing.assert_close(total["loss"], losses["loss"] + 0.3 * y_hat.abs().mean())
+    (grad,) = torch.autograd.grad(total["loss"], y_hat)
+    torch.testing.assert_close(grad - rd_grad, 0.3 * torch.sign(y_hat) / y_hat.numel())
+
+
+def test_trainer_loss_is_rd_plus_l1_of_y_hat():
+    from lictutor import data, quantization
+    from lictutor.device import seed_everything
+
+    _, plain = train(TrainConfig(**FAST), cache=False, progress=False, log_every=1)
+    _, sparse = train(TrainConfig(**FAST, l1=0.5), cache=False, progress=False, log_every=1)
+    (h0,), (h1,) = plain["history"], sparse["history"]
+    assert "l1" not in h0 and "rd" not in h0  # the history of runs without l1 is unchanged
+    assert h1["rd"] == pytest.approx(h0["loss"], rel=1e-5)  # same weights, data and noise
+    assert h1["bpp"] == pytest.approx(h0["bpp"], rel=1e-5)
+    assert h1["loss"] == pytest.approx(h1["rd"] + 0.5 * h1["l1"], rel=1e-6)
+    # l1 is mean|ŷ| of the first step's forward pass, redone here by hand
+    seed_everything(0)
+    net = models.create("fast", N=16, M=24).train()
+    trainset = data.training_set(None, crop=64, seed=0)
+    x = torch.stack([trainset[i] for i in range(2)])
+    with quantization.sample_seeds([i for i in range(2)]):
+        out = net(x)
+    assert h1["l1"] == pytest.approx(out["y_hat"].abs().mean().item(), rel=1e-5)
+
+
+def test_l1_for_models_without_y_hat_takes_the_input_of_g_s():
+    _, ckpt = train(tiny(steps=2, l1=0.1), cache=False, progress=False, log_every=1)  # factorized
+    for h in ckpt["history"]:
+        assert h["l1"] > 0 and h["loss"] == pytest.approx(h["rd"] + 0.1 * h["l1"], rel=1e-6)
+    with pytest.raises(LictutorError, match="returns no 'y_hat' and has no module 'g_s'"):
+        train_module._sparse_latent({"x_hat": torch.zeros(1)}, {}, "headless")
+
+
+def test_l1_with_distillation_into_a_pruned_student():
+    """Step 3 of Fu et al.'s distillation: a student without its DRM, a teacher, and the L1 term."""
+    torch.manual_seed(1)
+    teacher = models.create("fast", N=16, M=24)
+    weights = {"rd": 1.0, "y": 0.2, "x_hat": 0.2}
+    config = TrainConfig(**{**FAST, "model_args": {"N": 16, "M": 24, "removed": ["g_s.4"]}}, distill=weights, l1=0.5)
+    model, ckpt = train(config, teacher=teacher, cache=False, progress=False, log_every=1)
+    (h,) = ckpt["history"]
+    assert h["loss"] == pytest.approx(h["rd"] + 0.2 * h["kd_y"] + 0.2 * h["kd_x_hat"] + 0.5 * h["l1"], rel=1e-5)
+    assert model.removed == ("g_s.4",)

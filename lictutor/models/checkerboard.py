@@ -409,9 +409,12 @@ class FastLIC(_CheckerboardCodec):
         M: channels of ``y``.
         components: Gaussians in the non-anchors' mixture; 1 for a single Gaussian coded
             with the scale table.
+        removed: blocks replaced by ``nn.Identity``, e.g. ``("g_s.4",)``: a decoder pruned
+            by :mod:`lictutor.prune` (step 3 of Fu et al.'s distillation), built by name
+            from its ``model_args``. The kept weights keep their names and initialization.
     """
 
-    def __init__(self, N: int = 192, M: int = 192, components: int = 3):
+    def __init__(self, N: int = 192, M: int = 192, components: int = 3, removed: Sequence[str] = ()):
         super().__init__()
         if int(components) < 1:
             raise LictutorError(f"components must be at least 1, got {components}")
@@ -432,17 +435,28 @@ class FastLIC(_CheckerboardCodec):
         )  # fmt: skip
         if self.components > 1:
             self.gaussian_mixture = GaussianMixtureConditional()
+        self.removed: Tuple[str, ...] = ()
+        if removed:
+            from lictutor.prune import remove_blocks_  # sets self.removed
+
+            remove_blocks_(self, removed)
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, Tensor]) -> "FastLIC":
         """A model sized after ``state_dict`` (N and M from ``g_a.0`` and ``g_a.7``, the
-        components from the non-anchor network's output), loaded."""
+        components from the non-anchor network's output, the removed blocks of ``g_s`` from
+        the absent ones), loaded."""
         try:
             N, M = state_dict["g_a.0.weight"].size(0), state_dict["g_a.7.weight"].size(0)
             outputs = state_dict["entropy_parameters_nonanchor.4.weight"].size(0)
         except KeyError as err:
             raise LictutorError(f"FastLIC.from_state_dict: no {err} in the state dict") from None
         net = cls(N, M, components=1 if outputs == 2 * M else outputs // (3 * M))
+        from lictutor.prune import removable_blocks, remove_blocks_
+
+        gone = [b for b in removable_blocks(net) if not any(k.startswith(b + ".") for k in state_dict)]
+        if gone:  # a pruned model's (see the argument removed)
+            remove_blocks_(net, gone)
         net.load_state_dict(state_dict)
         return net
 
