@@ -77,10 +77,10 @@ class CompressionModel(nn.Module):
         return net
 
     def forward(self, x: Tensor) -> Dict[str, object]:
-        """Training/evaluation pass: ``{"x_hat", "likelihoods"}`` with ``x_hat = g_s(ŷ)``;
-        the rate in bits is ``-log2`` of all likelihoods, summed."""
+        """Training/evaluation pass: ``{"x_hat", "y_hat", "likelihoods"}`` with
+        ``x_hat = g_s(y_hat)``; the rate in bits is ``-log2`` of all likelihoods, summed."""
         y_hat, likelihoods = self.entropy_forward(self.g_a(x))
-        return {"x_hat": self.g_s(y_hat), "likelihoods": likelihoods}
+        return {"x_hat": self.g_s(y_hat), "y_hat": y_hat, "likelihoods": likelihoods}
 
     def entropy_forward(self, y: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
         """``(ŷ, likelihoods)`` for the latent ``y = g_a(x)``: relaxed quantization in

@@ -296,10 +296,9 @@ class CheckerboardContext(_CheckerboardCodec):
         scales, means = self.entropy_parameters(torch.cat((psi, phi), 1)).chunk(2, 1)
         return scales, means
 
-    def forward(self, x: Tensor) -> Dict[str, object]:
-        """``{"x_hat", "likelihoods": {"y", "z"}}``, as the chapter-4 context model."""
+    def entropy_forward(self, y: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """``ŷ`` and ``{"y", "z"}`` likelihoods, as the chapter-4 context model."""
         mode = self.quantization
-        y = self.g_a(x)
         z_hat, z_likelihoods = self.entropy_bottleneck(self.h_a(y), mode=mode)
         psi = self.h_s(z_hat)
         if self.training:
@@ -314,8 +313,7 @@ class CheckerboardContext(_CheckerboardCodec):
         scales_n, means_n = self._nonanchor_params(psi_non_anchor, phi)
         scales, means = checkerboard_merge(scales_a, scales_n), checkerboard_merge(means_a, means_n)
         _, y_likelihoods = self.gaussian_conditional(y, scales, means, mode=mode)
-        x_hat = self.g_s(y_hat)
-        return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+        return y_hat, {"y": y_likelihoods, "z": z_likelihoods}
 
     @torch.no_grad()
     def compress(self, x: Tensor) -> Dict[str, object]:
@@ -372,7 +370,7 @@ class FastLIC(_CheckerboardCodec):
        in ``g_a`` and ``g_s``, widening their receptive field (see
        :func:`fast_analysis_transform`).
     3. **L1 sparsity and channel skipping**: trained with an L1 penalty on ``y_hat``
-       (:func:`l1_sparsity`; ``forward`` returns ``"y_hat"`` for it), many channels of
+       (:func:`l1_sparsity`; ``forward`` returns ``"y_hat"`` for it, as every model does), many channels of
        ``y_hat`` are entirely zero for a given image. :meth:`compress` then codes a bitmask
        of the non-zero channels (``ceil(M / 8)`` bytes, a fourth string group), and neither
        the entropy coder nor the context convolution touches the others; the decoder sets
@@ -498,16 +496,15 @@ class FastLIC(_CheckerboardCodec):
             return self.gaussian_conditional.likelihood(values, scales, ste_round(means))
         return self.gaussian_mixture.likelihood(values, *params)
 
-    def forward(self, x: Tensor) -> Dict[str, object]:
-        """``{"x_hat", "y_hat", "likelihoods": {"y", "z"}}``.
+    def entropy_forward(self, y: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """``ŷ`` and ``{"y", "z"}`` likelihoods.
 
-        ``y_hat`` is ``round(y)`` in evaluation and, in training, ``y`` plus noise
+        ``ŷ`` is ``round(y)`` in evaluation and, in training, ``y`` plus noise
         (``quantization="noise"``) or STE-rounded (``"ste"``, ``"mixed"``); ``g_s`` and the
         context see it. The rate of ``y`` is the likelihood of ``y_hat`` (of ``y`` plus noise
         for ``"mixed"``) under the probability models the coder uses.
         """
         mode = self.quantization
-        y = self.g_a(x)
         z_hat, z_likelihoods = self.entropy_bottleneck(self.h_a(y), mode=mode)
         psi = self.h_s(z_hat)
         if self.training:
@@ -522,12 +519,7 @@ class FastLIC(_CheckerboardCodec):
             self._likelihoods(0, rate_anchor, self._anchor_params(psi_anchor)),
             self._likelihoods(1, rate_non_anchor, self._nonanchor_params(psi_non_anchor, phi)),
         )
-        x_hat = self.g_s(y_hat)
-        return {
-            "x_hat": x_hat,
-            "y_hat": y_hat,
-            "likelihoods": {"y": y_likelihoods, "z": z_likelihoods},
-        }
+        return y_hat, {"y": y_likelihoods, "z": z_likelihoods}
 
     @torch.no_grad()
     def compress(self, x: Tensor, skip_zero_channels: bool = True) -> Dict[str, object]:
