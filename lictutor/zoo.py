@@ -159,22 +159,24 @@ def factorized_models(budget: Budget, progress: bool = True) -> dict[float, nn.M
 
 def hyperprior_stages(budget: Budget, lmbda: float, model: str, **changes) -> tuple[TrainConfig, TrainConfig]:
     """The two configurations of :func:`hyperprior_models` at ``lmbda``: the entropy-model
-    fit (half the budget's steps, 16 crops of 256² a step) and the joint fine-tuning (a
-    quarter of the steps at half the peak learning rate). ``changes`` apply to both."""
+    fit (half the budget's steps, 16 crops of 256² a step) and the joint fine-tuning (an
+    eighth of the steps at half the peak learning rate). ``changes`` apply to both."""
     fit = dict(steps=max(budget.steps // 2, 1), batch=16, crop=256, frozen=TRANSFORMS)
-    joint = dict(steps=max(budget.steps // 4, 1), lr=budget.lr / 2)
+    joint = dict(steps=max(budget.steps // 8, 1), lr=budget.lr / 2)
     fit = budget_config(budget, lmbda, model=model, **{**fit, **changes})
     joint = budget_config(budget, lmbda, model=model, **{**joint, **changes})
     return fit, joint
 
 
 def hyperprior_models(budget: Budget, model: str = "hyperprior", progress: bool = True,
-                      **changes) -> dict[float, nn.Module]:
+                      lmbdas=None, **changes) -> dict[float, nn.Module]:
     """``{λ: model}`` of a hyperprior family (``"hyperprior"``, ``"mean-scale"`` or
-    ``"context"``) warm-started from :func:`factorized_models` (see the module docstring)."""
+    ``"context"``) warm-started from :func:`factorized_models` (see the module docstring);
+    ``lmbdas``: only these of the budget's λ."""
     out = {}
     for lmbda, factorized in factorized_models(budget, progress=progress).items():
-        fit, joint = hyperprior_stages(budget, lmbda, model, **changes)
-        stage1, _ = fit_entropy_model(fit, transforms_of(factorized), progress=progress)
-        out[lmbda], _ = train(joint, init_from=stage1.state_dict(), progress=progress)
+        if lmbdas is None or lmbda in lmbdas:
+            fit, joint = hyperprior_stages(budget, lmbda, model, **changes)
+            stage1, _ = fit_entropy_model(fit, transforms_of(factorized), progress=progress)
+            out[lmbda], _ = train(joint, init_from=stage1.state_dict(), progress=progress)
     return out
