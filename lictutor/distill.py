@@ -45,6 +45,7 @@ __all__ = [
     "soft_target_loss",
     "hard_soft_loss",
     "logit_matching_loss",
+    "fit_classifier",
     "integer_support",
     "discretized_gaussian_log_pmf",
     "tempered_log_pmf",
@@ -123,6 +124,61 @@ def logit_matching_loss(student_logits: Tensor, teacher_logits: Tensor) -> Tenso
     z = student_logits - student_logits.mean(dim=1, keepdim=True)
     v = teacher_logits.detach() - teacher_logits.detach().mean(dim=1, keepdim=True)
     return 0.5 * ((z - v) ** 2).mean(dim=1).sum() / student_logits.size(0)
+
+
+def fit_classifier(
+    model: nn.Module,
+    inputs: Tensor,
+    targets,
+    loss_fn=None,
+    *,
+    epochs: int = 10,
+    batch: int = 100,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    augment=None,
+    seed: int = 0,
+) -> list:
+    """Train a small classifier on in-memory tensors (chapter 5a's teachers and students).
+
+    Adam with a cosine decay of ``lr`` to 0 over ``epochs`` passes; minibatches of ``batch``
+    reshuffled every epoch. ``targets`` is a tensor or a tuple of tensors (e.g. labels and a
+    teacher's logits) whose first dimension runs along ``inputs``; each minibatch calls
+    ``loss_fn(logits, *targets_batch)`` (default: cross-entropy with labels).
+    ``augment(x, generator)``, if given, transforms each training minibatch (input jitter).
+    Shuffling, augmentation and dropout draw from a generator seeded with ``seed`` (the global
+    random state is restored afterwards). Returns the mean loss of every epoch; the model is left
+    in eval mode.
+    """
+    targets = targets if isinstance(targets, (tuple, list)) else (targets,)
+    n = inputs.size(0)
+    if any(t.size(0) != n for t in targets):
+        raise LictutorError(f"fit_classifier: targets must have {n} rows like the inputs")
+    if not (isinstance(epochs, int) and epochs >= 1 and isinstance(batch, int) and batch >= 1):
+        raise LictutorError(f"fit_classifier: epochs and batch must be positive integers, got {epochs!r}, {batch!r}")
+    loss_fn = loss_fn or F.cross_entropy
+    steps = epochs * math.ceil(n / batch)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    history = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        model.train()
+        for _ in range(epochs):
+            order, total = torch.randperm(n, generator=gen), 0.0
+            for i in range(0, n, batch):
+                idx = order[i:i + batch]
+                x = inputs[idx] if augment is None else augment(inputs[idx], gen)
+                loss = loss_fn(model(x), *(t[idx] for t in targets))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += loss.item() * len(idx)
+            history.append(total / n)
+    model.eval()
+    return history
 
 
 # --- the entropy model as a categorical distribution ------------------------------------------

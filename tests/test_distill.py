@@ -313,3 +313,56 @@ def test_teacher_and_weights_go_together():
     wide = models.create("hyperprior", N=16, M=32)  # another M: ŷ cannot be compared
     with pytest.raises(LictutorError, match=r"'y'.*shape"):
         train(TrainConfig(**STUDENT, distill={"y": 0.2}), teacher=wide, cache=False, progress=False)
+
+
+# --- fit_classifier (chapter 5a's small trainer) ----------------------------------------------
+
+
+def _toy_problem():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 4, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    return x, y
+
+
+def _toy_net(seed):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Dropout(0.1), torch.nn.Linear(16, 2))
+
+
+def test_fit_classifier_learns_and_is_reproducible():
+    x, y = _toy_problem()
+    runs = []
+    for _ in range(2):
+        net = _toy_net(1)
+        state = torch.get_rng_state()
+        history = distill.fit_classifier(net, x, y, epochs=30, batch=32, lr=1e-2, seed=3)
+        assert torch.equal(torch.get_rng_state(), state)  # the global random state is left alone
+        runs.append(net)
+    assert len(history) == 30 and history[-1] < history[0] / 3
+    assert not runs[0].training
+    with torch.no_grad():
+        assert (runs[0](x).argmax(1) == y).float().mean() > 0.95
+        torch.testing.assert_close(runs[0](x), runs[1](x))
+
+
+def test_fit_classifier_passes_target_tuples_and_augments():
+    x, y = _toy_problem()
+    teacher = torch.randn(120, 2)
+    seen, augmented = [], []
+
+    def loss_fn(out, labels, soft):
+        seen.append((labels.shape, soft.shape))
+        return hard_soft_loss(out, soft, labels, T=2.0, alpha=0.9)
+
+    def jitter(batch, gen):
+        augmented.append(len(batch))
+        return batch + 0.01 * torch.randn(batch.shape, generator=gen)
+
+    distill.fit_classifier(_toy_net(0), x, (y, teacher), loss_fn, epochs=2, batch=50, augment=jitter)
+    assert seen[0] == (torch.Size([50]), torch.Size([50, 2])) and seen[2][0] == torch.Size([20])
+    assert augmented == [50, 50, 20] * 2
+    with pytest.raises(LictutorError, match="rows"):
+        distill.fit_classifier(_toy_net(0), x, y[:10])
+    with pytest.raises(LictutorError, match="epochs"):
+        distill.fit_classifier(_toy_net(0), x, y, epochs=0)
