@@ -179,14 +179,16 @@ def _images(images) -> List[Tensor]:
 
 
 @torch.no_grad()
-def rd_loss(model: nn.Module, images, lmbda: float) -> dict:
-    """The mean over ``images`` of ``λ · 255² · MSE + bpp`` and its parts (``loss``, ``bpp``,
-    ``mse``, ``psnr``), from the model's forward pass in evaluation mode (rounded latents;
-    bpp from the likelihoods of the padded image, per pixel of the original; ``x̂``
-    cropped back and clamped to [0, 1]). The model's mode is restored afterwards."""
+def rd_loss(model: nn.Module, images, lmbda: float, distortion: str = "mse") -> dict:
+    """The mean over ``images`` of the trainer's loss ``λ · D + bpp``
+    (:class:`lictutor.train.RateDistortionLoss`) and its parts (``loss``, ``bpp``, ``mse``,
+    ``psnr``), from the model's forward pass in evaluation mode (rounded latents; bpp from the
+    likelihoods of the padded image, per pixel of the original; ``x̂`` cropped back and
+    clamped to [0, 1]). The model's mode is restored afterwards."""
     from lictutor.evaluate import pad
-    from lictutor.metrics import bpp_from_likelihoods
+    from lictutor.train import RateDistortionLoss
 
+    criterion = RateDistortionLoss(lmbda, distortion)
     images = _images(images)
     param = next(model.parameters())
     was_training = model.training
@@ -198,10 +200,9 @@ def rd_loss(model: nn.Module, images, lmbda: float) -> dict:
             height, width = x.shape[-2:]
             out = model(pad(x, model.downsampling_factor))
             x_hat = out["x_hat"][..., :height, :width].clamp(0, 1)
-            mse = torch.mean((x_hat - x) ** 2).item()
-            bpp = bpp_from_likelihoods(out["likelihoods"], height * width).item()
-            psnr = -10 * np.log10(max(mse, 1e-10))
-            rows.append((lmbda * 255**2 * mse + bpp, bpp, mse, psnr))
+            losses = criterion({"x_hat": x_hat, "likelihoods": out["likelihoods"]}, x)
+            mse = losses["mse"].item()
+            rows.append((losses["loss"].item(), losses["bpp"].item(), mse, -10 * np.log10(max(mse, 1e-10))))
     finally:
         model.train(was_training)
     loss, bpp, mse, psnr = (float(v) for v in np.mean(rows, axis=0))

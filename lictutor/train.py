@@ -39,7 +39,6 @@ import json
 import math
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping, Union
@@ -102,7 +101,7 @@ class TrainConfig:
     #: ``{"rd": 0.4, "y": 0.2, "x_hat": 0.2}``; empty: no distillation. Needs ``train(teacher=...)``
     distill: dict = field(default_factory=dict)
     #: weight of the L1 penalty ``mean|ŷ|`` added to the loss (Fu et al. 2023); 0: none.
-    #: ŷ is the model output's ``"y_hat"``, or else the input of its ``g_s``
+    #: ŷ is the model output's ``"y_hat"``, the input of its ``g_s``
     l1: float = 0.0
     seed: int = 0
     images: str | None = None  #: training folder; None: the book's offline photos
@@ -115,7 +114,7 @@ class TrainConfig:
             object.__setattr__(self, "images", os.fspath(self.images))
         if isinstance(self.frozen, str) or not all(isinstance(m, str) and m for m in self.frozen):
             raise LictutorError(f"frozen must be a sequence of module names, got {self.frozen!r}")
-        object.__setattr__(self, "frozen", tuple(self.frozen))
+        object.__setattr__(self, "frozen", tuple(sorted(set(self.frozen))))
         if not isinstance(self.distill, Mapping):
             raise LictutorError(f"distill must be a dict of weights, got {self.distill!r}")
         if self.distill:  # defaults filled in: equal weights give equal cache keys
@@ -326,9 +325,13 @@ def _teacher_model(teacher: Teacher) -> nn.Module:
 
 
 def teacher_digest(teacher: Teacher) -> str:
-    """A hash of the teacher's *parameters* (:func:`weights_digest`): what it computes in
-    training. Its coding tables are left out: they change with ``update()``, not its outputs."""
-    return weights_digest(dict(_teacher_model(teacher).named_parameters()))
+    """A hash of the teacher's class and of its parameters and masks (:func:`weights_digest`):
+    what it computes in training. Its coding tables are left out: they change with
+    ``update()``, not its outputs."""
+    model = _teacher_model(teacher)
+    state = {**dict(model.named_parameters()),
+             **{n: b for n, b in model.named_buffers() if n.endswith("mask")}}
+    return f"{type(model).__qualname__}:{weights_digest(state)}"
 
 
 def _distillation_losses(losses: dict, student: dict, teacher: nn.Module, x: Tensor, weights: dict) -> dict:
@@ -353,33 +356,6 @@ def add_l1_sparsity(losses: dict, y_hat: Tensor, weight: float) -> dict:
     """
     term = y_hat.abs().mean()
     return {**losses, "loss": losses["loss"] + weight * term, "rd": losses.get("rd", losses["loss"]), "l1": term}
-
-
-@contextmanager
-def _latent(model: nn.Module, enabled: bool):
-    """Yields a dict that the forward passes run inside the block fill with ``"y_hat"``, the
-    input of ``model.g_s`` (when ``enabled`` and the model has a ``g_s``)."""
-    got: dict = {}
-    g_s = getattr(model, "g_s", None) if enabled else None
-    hook = None
-    if isinstance(g_s, nn.Module):
-        hook = g_s.register_forward_pre_hook(lambda module, args: got.__setitem__("y_hat", args[0]))
-    try:
-        yield got
-    finally:
-        if hook is not None:
-            hook.remove()
-
-
-def _sparse_latent(output: Mapping, captured: Mapping, model_name: str) -> Tensor:
-    """The ŷ the L1 penalty applies to: the output's ``"y_hat"``, else ``g_s``'s input."""
-    y_hat = output.get("y_hat", captured.get("y_hat")) if isinstance(output, Mapping) else captured.get("y_hat")
-    if not isinstance(y_hat, Tensor):
-        raise LictutorError(
-            f"l1 > 0 needs the quantized latent: the model {model_name!r} returns no 'y_hat' "
-            "and has no module 'g_s' whose input it would be"
-        )
-    return y_hat
 
 
 def _lr_factor(step: int, config: TrainConfig) -> float:
@@ -435,16 +411,16 @@ def train(
 
     ``teacher``: distil from this model (or checkpoint path) with the weights of
     ``config.distill``; its parameters are part of the cache key. It is moved to the device and
-    put in eval mode: its targets (ŷ, ẑ, x̂, Gaussian parameters) are those of its real codec,
-    rounded latents included, so they do not depend on the training noise and do not draw from
-    it -- the student's noise is the same as without a teacher. (With "noise", the student's
+    put in eval mode: its targets (ŷ, ẑ, x̂, Gaussian parameters) are those of its
+    evaluation-mode forward, with rounded latents (``round(y)`` for the context models, whose
+    coder uses ``round(y − μ) + μ``), so they do not depend on the training noise and do not
+    draw from it -- the student's noise is the same as without a teacher. (With "noise", the student's
     ŷ differs from a target by its noise as well: ``E[(ŷ_s − ŷ_t)²]`` gains a constant 1/12,
     not a bias in the gradient.) The history then also holds ``rd`` (the RD loss) and every
     distillation term ``kd_<term>``.
 
     ``config.l1`` > 0: ``l1 · mean|ŷ|`` is added to the loss (after the distillation terms, not
-    weighted by their ``rd``), with ŷ the model output's ``"y_hat"`` or, for models that do not
-    return it, the input of their ``g_s`` (the same tensor: what the decoder sees); the history
+    weighted by their ``rd``), with ŷ the model output's ``"y_hat"`` (what ``g_s`` sees); the history
     then also holds ``rd`` (the loss without the penalty) and ``l1`` (``mean|ŷ|``, unweighted).
     """
     from lictutor import data, models
@@ -493,6 +469,8 @@ def train(
         for pname, p in module.named_parameters():
             p.requires_grad_(_is_aux(pname))
     main_params = [p for n, p in model.named_parameters() if not _is_aux(n) and p.requires_grad]
+    if not main_params:
+        raise LictutorError(f"frozen={config.frozen!r} leaves nothing of the model to train")
     aux_params = [p for n, p in model.named_parameters() if _is_aux(n)]
     optimizer = torch.optim.Adam(main_params, lr=config.lr)
     aux_optimizer = torch.optim.Adam(aux_params, lr=config.aux_lr)
@@ -534,8 +512,7 @@ def train(
             group["lr"] = config.lr * _lr_factor(step, config)
 
         optimizer.zero_grad(set_to_none=True)
-        with quantization.sample_seeds([config.seed * 1_000_003 + i for i in indices]), \
-                _latent(model, config.l1 > 0) as latent:
+        with quantization.sample_seeds([config.seed * 1_000_003 + i for i in indices]):
             if teacher is None:
                 output = net(x)
                 losses = criterion(output, x)
@@ -545,7 +522,7 @@ def train(
                 losses = criterion(output, x)
                 losses = _distillation_losses(losses, {**student, **output}, teacher, x, config.distill)
             if config.l1 > 0:
-                losses = add_l1_sparsity(losses, _sparse_latent(output, latent, config.model), config.l1)
+                losses = add_l1_sparsity(losses, output["y_hat"], config.l1)
         losses["loss"].backward()
         grad_norm = nn.utils.clip_grad_norm_(main_params, config.clip or math.inf)
         # Checked before the step, so the weights (and the last checkpoint) stay finite. Under
@@ -588,6 +565,7 @@ def train(
         if interrupted:
             break
     bar.close()
+    model.requires_grad_(True)  # frozen only for this run: the returned model trains as any other
     ckpt = {"key": key, "step": step, "history": history, "train_time": time.perf_counter() - start}
     if step < config.steps:  # stopped by stop_after
         return model.eval(), ckpt

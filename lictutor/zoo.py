@@ -34,8 +34,8 @@ from lictutor import data, metrics, models
 from lictutor.budget import Budget
 from lictutor.errors import LictutorError
 from lictutor.train import (
-    TrainConfig, _lr_factor, budget_config, cache_path, load_checkpoint,
-    save_checkpoint, train,
+    InitWeights, TrainConfig, _init_state, _load_weights, _lr_factor, budget_config, cache_path,
+    load_checkpoint, save_checkpoint, train,
 )
 
 __all__ = ["fit_entropy_model", "factorized_models", "hyperprior_models", "transforms_of"]
@@ -69,7 +69,7 @@ def _training_latents(model: nn.Module, config: TrainConfig, device) -> list[tor
     return latents
 
 
-def fit_entropy_model(config: TrainConfig, init_from: dict, *, cache: bool = True,
+def fit_entropy_model(config: TrainConfig, init_from: InitWeights, *, cache: bool = True,
                       progress: bool = True, device=None) -> tuple[nn.Module, dict]:
     """Train the entropy model of ``config.model`` on fixed transforms; returns
     ``(model, checkpoint)`` like :func:`lictutor.train.train`.
@@ -83,25 +83,28 @@ def fit_entropy_model(config: TrainConfig, init_from: dict, *, cache: bool = Tru
 
     if not set(TRANSFORMS) <= set(config.frozen):
         raise LictutorError(f"fit_entropy_model trains with g_a and g_s frozen; got frozen={config.frozen!r}")
-    missing = [k for k in models.create(config.model, **config.model_args).state_dict()
-               if k.split(".")[0] in TRANSFORMS and k not in init_from]
+    if config.l1 or config.distill:
+        raise LictutorError("fit_entropy_model minimizes the rate alone: l1 and distill must be unset")
+    init_from = _init_state(init_from)
+    seed_everything(config.seed)
+    model = models.create(config.model, **config.model_args)
+    _load_weights(model, init_from, "init_from", partial=True)
+    missing = [k for k in model.state_dict() if k.split(".")[0] in TRANSFORMS and k not in init_from]
     if missing:
         raise LictutorError(f"init_from lacks the transforms' weights: {', '.join(missing[:3])}")
+    unknown = set(config.frozen) - {name for name, _ in model.named_modules()}
+    if unknown:
+        raise LictutorError(f"frozen: the model {config.model!r} has no module {', '.join(sorted(unknown))}")
     path = cache_path(config, init_from)
     path = path.with_name("entropy-" + path.name)
     device = pick_device() if device is None else torch.device(device)
     if cache and path.exists():
         return load_checkpoint(path, map_location=device)
 
-    seed_everything(config.seed)
-    model = models.create(config.model, **config.model_args)
-    model.load_state_dict(init_from, strict=False)
     model.quantization = config.quantization
     model.to(device).train()
-    model.requires_grad_(False)
-    params = [p for n, p in model.named_parameters() if n.split(".")[0] not in TRANSFORMS]
-    for p in params:
-        p.requires_grad_(True)
+    for name, p in model.named_parameters():  # the quantiles learn from the aux loss regardless
+        p.requires_grad_(name.endswith("quantiles") or not any(name.startswith(f + ".") for f in config.frozen))
     main = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith("quantiles")]
     aux = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
     optimizer = torch.optim.Adam(main, lr=config.lr)

@@ -378,12 +378,17 @@ def test_trainer_loss_is_rd_plus_l1_of_y_hat():
     assert h1["l1"] == pytest.approx(out["y_hat"].abs().mean().item(), rel=1e-5)
 
 
-def test_l1_for_models_without_y_hat_takes_the_input_of_g_s():
+def test_l1_works_for_every_model_family():
     _, ckpt = train(tiny(steps=2, l1=0.1), cache=False, progress=False, log_every=1)  # factorized
     for h in ckpt["history"]:
         assert h["l1"] > 0 and h["loss"] == pytest.approx(h["rd"] + 0.1 * h["l1"], rel=1e-6)
-    with pytest.raises(LictutorError, match="returns no 'y_hat' and has no module 'g_s'"):
-        train_module._sparse_latent({"x_hat": torch.zeros(1)}, {}, "headless")
+
+
+def test_frozen_modules_are_trainable_again_in_the_returned_model():
+    model, _ = train(tiny(steps=1, frozen=("g_a",)), cache=False, progress=False)
+    assert all(p.requires_grad for p in model.parameters())
+    with pytest.raises(LictutorError, match="nothing of the model to train"):
+        train(tiny(steps=1, frozen=("g_a", "g_s", "entropy_bottleneck")), cache=False, progress=False)
 
 
 def test_l1_with_distillation_into_a_pruned_student():

@@ -83,7 +83,7 @@ def test_fit_entropy_model_lowers_the_rate_and_keeps_the_transforms(family):
         torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=0, msg=k)
     bpp = [h["bpp"] for h in ckpt["history"]]
     assert len(bpp) == 3 and bpp[-1] < 0.8 * bpp[0]
-    # the model codes right away, and its rate estimate on a crop is what the fit optimized
+    # the model codes right away
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         out = model.compress(x)
@@ -114,3 +114,16 @@ def test_hyperprior_models_one_per_lambda_from_the_factorized_transforms():
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert metrics.bpp_from_likelihoods(trained[budget.lmbdas[0]](x)["likelihoods"], 64 * 64) > 0
+
+
+def test_fit_entropy_model_also_freezes_what_config_frozen_names():
+    init = transforms()
+    config = TrainConfig(model="hyperprior", steps=3, frozen=("g_a", "g_s", "h_a"), **TINY)
+    model, _ = zoo.fit_entropy_model(config, init, progress=False)
+    torch.manual_seed(0)  # the fit's seed: h_a keeps its initialization
+    fresh = models.create("hyperprior", N=8, M=12)
+    torch.testing.assert_close(model.state_dict()["h_a.0.weight"], fresh.state_dict()["h_a.0.weight"])
+    assert not torch.equal(model.state_dict()["h_s.0.weight"], fresh.state_dict()["h_s.0.weight"])
+    with pytest.raises(LictutorError, match="rate alone"):
+        zoo.fit_entropy_model(TrainConfig(model="hyperprior", steps=1, frozen=("g_a", "g_s"), l1=0.1, **TINY),
+                              init, progress=False)
