@@ -24,7 +24,9 @@ collect a model's intermediate values (ŷ, ẑ, the Gaussian parameters, feature
 with forward hooks during its ordinary forward pass, so any model with lictutor's (and
 CompressAI's) module names can be student or teacher; :func:`codec_distill_losses` turns two
 such records into the weighted distillation terms that :func:`lictutor.train.train` adds to the
-rate–distortion loss.
+rate–distortion loss. :func:`distill_recipes` names the recipes chapter 5b compares (from
+scratch, latent + output, the tempered KL alone and added) and :func:`train_students` trains a
+grid of students of several widths with them.
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ __all__ = [
     "check_weights",
     "KD_TERMS",
     "DEFAULT_WEIGHTS",
+    "kl_rate_weight",
+    "distill_recipes",
+    "train_student",
+    "train_students",
 ]
 
 #: distillation terms of a codec, each weighted by ``weights[name]`` (see :func:`check_weights`)
@@ -343,7 +349,7 @@ def codec_distill_losses(
         if "scales" not in student or "scales" not in teacher:
             raise LictutorError(
                 "distillation term 'kl' needs the Gaussian parameters of both models: recorded when a "
-                "model's forward calls its gaussian_conditional module (not in a factorized model)"
+                "model's forward calls its gaussian_conditional module (the factorized and fast models do not)"
             )
         terms["kl"] = entropy_model_kl(student["means"], student["scales"], teacher["means"], teacher["scales"],
                                        T=weights["T"], K=weights["K"])
@@ -380,3 +386,93 @@ def check_weights(weights: Mapping) -> dict:
         raise LictutorError(f"no distillation term has a positive weight: set one of {', '.join(KD_TERMS)}")
     full["features"] = dict(layers)
     return full
+
+
+# --- students of a codec (chapter 5b) ---------------------------------------------------------
+
+
+def kl_rate_weight(M: int, rd: float = 0.4, downsampling: int = 16) -> float:
+    """The weight that puts :func:`entropy_model_kl` (nats per latent element) on the scale of
+    the rate term of ``rd · (λ·D + bpp)``: a model with ``M`` latent channels at a
+    down-sampling of ``downsampling`` has ``M / downsampling²`` latent elements per pixel, and a
+    nat is ``1/ln 2`` bits, so one nat per element is ``M / (downsampling² · ln 2)`` bpp."""
+    if not (isinstance(M, int) and M >= 1 and isinstance(downsampling, int) and downsampling >= 1):
+        raise LictutorError(f"M and downsampling must be positive integers, got {M!r}, {downsampling!r}")
+    return rd * M / downsampling**2 / math.log(2)
+
+
+def distill_recipes(
+    temperatures: Sequence[float] = (1.0,),
+    *,
+    kl_weight: float = 0.2,
+    K: int = 16,
+    rd: float = 0.4,
+    latent: float = 0.2,
+    output: float = 0.2,
+) -> Dict[str, dict]:
+    """The training recipes of a student codec, ``{name: distillation weights}``, in this order:
+
+    * ``"scratch"``: ``{}``, the RD loss alone, no teacher (the student's twin);
+    * ``"latent+output"``: ``rd·RD + latent·MSE(ŷ_s, ŷ_t) + output·MSE(x̂_s, x̂_t)`` (Allemand
+      et al. 2025: 0.4, 0.2, 0.2);
+    * ``"KL T=<T>"`` for every ``T``: ``rd·RD + kl_weight·`` :func:`entropy_model_kl` at ``T``;
+    * ``"latent+output+KL T=<T>"`` for every ``T``: both.
+
+    Every dict is checked (:func:`check_weights`); temperatures are stored as floats, so
+    ``T=2`` and ``T=2.0`` give one cache key.
+    """
+    base = {"rd": rd, "y": latent, "x_hat": output}
+    check_weights(base)
+    recipes: Dict[str, dict] = {"scratch": {}, "latent+output": dict(base)}
+    temps = [float(T) for T in temperatures]
+    if len(set(temps)) != len(temps):
+        raise LictutorError(f"temperatures must differ from one another, got {list(temperatures)!r}")
+    for prefix, extra in (("", {"rd": rd}), ("latent+output+", base)):
+        for T in temps:
+            weights = {**extra, "kl": kl_weight, "T": T, "K": K}
+            check_weights(weights)
+            recipes[f"{prefix}KL T={T:g}"] = weights
+    return recipes
+
+
+def train_student(config, weights: Mapping, teacher: Optional[nn.Module] = None, **kwargs):
+    """Train (or load from the cache) one student: ``config`` (a
+    :class:`lictutor.train.TrainConfig`) with its ``distill`` set to ``weights``; empty
+    ``weights`` train from scratch and ignore ``teacher``. ``kwargs`` go to
+    :func:`lictutor.train.train`. Returns ``(model, checkpoint)``."""
+    from dataclasses import replace
+
+    from lictutor.train import train
+
+    if weights and teacher is None:
+        raise LictutorError("a distilled student needs a teacher")
+    config = replace(config, distill=dict(weights))
+    return train(config, teacher=teacher if weights else None, **kwargs)
+
+
+def train_students(
+    base,
+    plan: Mapping[int, Sequence[str]],
+    recipes: Mapping[str, Mapping],
+    teachers: Mapping[float, nn.Module],
+    **kwargs,
+) -> Dict[tuple, tuple]:
+    """Train a grid of students: for every width ``N`` in ``plan``, every recipe name in
+    ``plan[N]`` (a key of ``recipes``) and every ``λ`` of ``teachers``, the student ``base``
+    (a :class:`lictutor.train.TrainConfig`) with ``model_args["N"] = N``, ``lmbda = λ``,
+    distilled from ``teachers[λ]``. All students of a width start from the same initialization
+    and see the same batches and noise: recipes differ by their loss only. Returns
+    ``{(N, recipe, λ): (model, checkpoint)}``.
+    """
+    from dataclasses import replace
+
+    unknown = sorted({r for names in plan.values() for r in names} - set(recipes))
+    if unknown:
+        raise LictutorError(f"unknown recipes {', '.join(unknown)}; known: {', '.join(recipes)}")
+    out = {}
+    for N, names in plan.items():
+        for name in names:
+            for lmbda, teacher in teachers.items():
+                config = replace(base, model_args={**base.model_args, "N": N}, lmbda=lmbda)
+                out[(N, name, lmbda)] = train_student(config, recipes[name], teacher, **kwargs)
+    return out

@@ -366,3 +366,54 @@ def test_fit_classifier_passes_target_tuples_and_augments():
         distill.fit_classifier(_toy_net(0), x, y[:10])
     with pytest.raises(LictutorError, match="epochs"):
         distill.fit_classifier(_toy_net(0), x, y, epochs=0)
+
+
+# --- students of a codec (chapter 5b) -----------------------------------------------------------
+
+
+def test_kl_rate_weight():
+    # 96 channels at a down-sampling of 16: 0.375 elements per pixel, 1/ln 2 bits per nat
+    assert distill.kl_rate_weight(96) == pytest.approx(0.4 * 0.375 / math.log(2))
+    assert distill.kl_rate_weight(192, rd=1.0) == pytest.approx(0.75 / math.log(2))
+    with pytest.raises(LictutorError, match="positive integers"):
+        distill.kl_rate_weight(0)
+
+
+def test_distill_recipes():
+    recipes = distill.distill_recipes((1, 3), kl_weight=0.25, K=8)
+    assert list(recipes) == ["scratch", "latent+output", "KL T=1", "KL T=3",
+                             "latent+output+KL T=1", "latent+output+KL T=3"]
+    assert recipes["scratch"] == {}
+    assert recipes["latent+output"] == {"rd": 0.4, "y": 0.2, "x_hat": 0.2}
+    assert recipes["KL T=3"] == {"rd": 0.4, "kl": 0.25, "T": 3.0, "K": 8}
+    assert recipes["latent+output+KL T=1"] == {"rd": 0.4, "y": 0.2, "x_hat": 0.2, "kl": 0.25, "T": 1.0, "K": 8}
+    # T=2 and T=2.0 are one recipe, one cache key
+    assert distill.distill_recipes((2,))["KL T=2"] == distill.distill_recipes((2.0,))["KL T=2"]
+    with pytest.raises(LictutorError, match="temperature"):
+        distill.distill_recipes((0,))
+    with pytest.raises(LictutorError, match="differ"):
+        distill.distill_recipes((2, 2.0))
+
+
+def test_train_students_grid():
+    torch.manual_seed(1)
+    teachers = {0.013: models.create("hyperprior", **SMALL)}
+    recipes = distill.distill_recipes((2,), K=4)
+    base = TrainConfig(**{**STUDENT, "steps": 2})
+    plan = {8: ["scratch", "latent+output+KL T=2"], 4: ["scratch"]}
+    grid = distill.train_students(base, plan, recipes, teachers, progress=False, log_every=1)
+    assert set(grid) == {(8, "scratch", 0.013), (8, "latent+output+KL T=2", 0.013), (4, "scratch", 0.013)}
+    model, ckpt = grid[(8, "latent+output+KL T=2", 0.013)]
+    assert model.g_a[0].out_channels == 8 and model.g_a[-1].out_channels == SMALL["M"]
+    assert {"kd_y", "kd_x_hat", "kd_kl"} <= set(ckpt["history"][0])
+    scratch = grid[(8, "scratch", 0.013)][1]
+    assert "rd" not in scratch["history"][0]
+    # the twins see the same data and noise: equal RD loss at the first step
+    assert ckpt["history"][0]["rd"] == pytest.approx(scratch["history"][0]["loss"], rel=1e-6)
+    # a second call loads from the cache
+    again = distill.train_students(base, {8: ["scratch"]}, recipes, teachers, progress=False)
+    assert again[(8, "scratch", 0.013)][1]["key"] == scratch["key"]
+    with pytest.raises(LictutorError, match="unknown recipes"):
+        distill.train_students(base, {8: ["KL T=9"]}, recipes, teachers)
+    with pytest.raises(LictutorError, match="needs a teacher"):
+        distill.train_student(base, recipes["latent+output"], None)
