@@ -167,7 +167,7 @@ def fit_classifier(
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     history = []
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[inputs.device] if inputs.is_cuda else []):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         model.train()
@@ -243,7 +243,8 @@ def entropy_model_kl(
 
     Both distributions are taken on one shared support: the ``2K+1`` integers around the
     teacher's rounded mean (:func:`integer_support`) -- the values the teacher's coder
-    spends its bits on. The teacher gets no gradient.
+    spends its bits on, up to the truncation: for scales beyond about K/2 the support cuts off
+    tail mass, and both distributions are renormalised over it. The teacher gets no gradient.
     """
     _check_same_shape(student_scales, teacher_scales, "entropy_model_kl (scales)")
     center = teacher_means if teacher_means is not None else torch.zeros_like(teacher_scales)

@@ -41,6 +41,7 @@ from lictutor.train import (
 __all__ = ["fit_entropy_model", "factorized_models", "hyperprior_models", "transforms_of"]
 
 TRANSFORMS = ("g_a", "g_s")
+LATENT_STRIDE = 16  #: down-sampling of g_a in every model here: a crop of 16k pixels is k latents
 
 
 def transforms_of(model: nn.Module) -> dict:
@@ -110,7 +111,7 @@ def fit_entropy_model(config: TrainConfig, init_from: InitWeights, *, cache: boo
     optimizer = torch.optim.Adam(main, lr=config.lr)
     aux_optimizer = torch.optim.Adam(aux, lr=config.aux_lr)
     latents = _training_latents(model, config, device)
-    side = config.crop // 16  # g_a down-samples by 16
+    side = config.crop // LATENT_STRIDE
     gen = torch.Generator().manual_seed(config.seed)
     history, start = [], time.perf_counter()
     for step in tqdm(range(config.steps), disable=not progress, desc=f"{config.model} entropy model"):

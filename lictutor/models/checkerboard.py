@@ -93,7 +93,7 @@ CodeFn = Callable[[int, Sequence[Tensor]], Tensor]
 class _CheckerboardCodec(CompressionModel):
     """What the two checkerboard models share: the hyperprior, the context convolution,
     and the two-pass coding loop. Subclasses define the parameter networks
-    (:meth:`_anchor_params`, :meth:`_nonanchor_params`), ``forward`` and what is coded."""
+    (:meth:`_anchor_params`, :meth:`_nonanchor_params`), ``entropy_forward`` and what is coded."""
 
     downsampling_factor = 64  # 2 ** (4 + 2): g_a down-samples by 16, h_a by 4 more
 
