@@ -22,3 +22,13 @@ def randomize_(ref):
             p.copy_(0.5 * torch.randn_like(p))
         eb.quantiles.add_(torch.randn_like(eb.quantiles))
     return ref
+
+
+def assert_same_forward(ours, ref, x, keys=("y", "z")):
+    """Our model and CompressAI's give the same x_hat, likelihoods and aux loss on ``x``."""
+    with torch.no_grad():
+        out_ref, out_our = ref(x), ours(x)
+    torch.testing.assert_close(out_our["x_hat"], out_ref["x_hat"], atol=1e-5, rtol=1e-5)
+    for k in keys:
+        torch.testing.assert_close(out_our["likelihoods"][k], out_ref["likelihoods"][k], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.aux_loss(), ref.aux_loss(), atol=1e-4, rtol=1e-6)

@@ -9,7 +9,7 @@ from lictutor.models.base import CompressionModel
 from lictutor.models.context import JointAutoregressiveHierarchicalPriors as Ours
 
 cmodels = pytest.importorskip("compressai.models")
-from _reference import randomize_  # noqa: E402
+from _reference import assert_same_forward, randomize_  # noqa: E402
 
 N, M = 8, 12
 
@@ -53,14 +53,7 @@ def test_eval_forward_matches_compressai():
     ref = _reference()
     ours = _loaded(ref)
     x = _image()
-    with torch.no_grad():
-        out_ref, out_our = ref(x), ours(x)
-    torch.testing.assert_close(out_our["x_hat"], out_ref["x_hat"], atol=1e-5, rtol=1e-5)
-    for k in ("y", "z"):
-        torch.testing.assert_close(
-            out_our["likelihoods"][k], out_ref["likelihoods"][k], atol=1e-5, rtol=1e-5
-        )
-    torch.testing.assert_close(ours.aux_loss(), ref.aux_loss(), atol=1e-4, rtol=1e-6)
+    assert_same_forward(ours, ref, x)
 
 
 def test_compress_bytes_identical_and_decompress_exact():

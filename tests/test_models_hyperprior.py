@@ -8,7 +8,7 @@ from lictutor.evaluate import compress_image, decompress_image
 from lictutor.models.hyperprior import MeanScaleHyperprior, ScaleHyperprior
 
 cmodels = pytest.importorskip("compressai.models")
-from _reference import randomize_  # noqa: E402
+from _reference import assert_same_forward, randomize_  # noqa: E402
 
 N, M = 8, 12
 
@@ -62,14 +62,7 @@ def test_forward_matches_compressai(ours_cls, ref_name, _name):
     ours = _loaded(ours_cls, ref)  # strict, from a model never update()d
     assert ours.gaussian_conditional.scale_table.numel() == 64  # default table restored
     x = _image()
-    with torch.no_grad():
-        out_ref, out_our = ref(x), ours(x)
-    torch.testing.assert_close(out_our["x_hat"], out_ref["x_hat"], atol=1e-5, rtol=1e-5)
-    for k in ("y", "z"):
-        torch.testing.assert_close(
-            out_our["likelihoods"][k], out_ref["likelihoods"][k], atol=1e-5, rtol=1e-5
-        )
-    torch.testing.assert_close(ours.aux_loss(), ref.aux_loss(), atol=1e-4, rtol=1e-6)
+    assert_same_forward(ours, ref, x)
 
 
 @pytest.mark.parametrize("ours_cls, ref_name, _name", PAIRS)
