@@ -57,6 +57,7 @@ __all__ = [
     "feature_loss",
     "codec_distill_losses",
     "check_weights",
+    "kd_factor",
     "KD_TERMS",
     "DEFAULT_WEIGHTS",
     "kl_rate_weight",
@@ -72,6 +73,11 @@ KD_TERMS = ("y", "z", "x_hat", "kl", "features")
 #: are the temperature and the support half-width of the entropy-model KL, ``features`` maps
 #: layer names to weights
 DEFAULT_WEIGHTS = {"rd": 1.0, "y": 0.0, "z": 0.0, "x_hat": 0.0, "kl": 0.0, "features": {}, "T": 1.0, "K": 16}
+
+#: schedules of the distillation terms' weights over training (an optional ``weights["decay"]``):
+#: ``"none"`` keeps them, ``"linear"`` and ``"cosine"`` take them from full at the first step
+#: to 0 at the last (Fu et al. 2023's student learns from its teacher early, from the data late)
+DECAYS = ("none", "linear", "cosine")
 
 #: GaussianConditional's default lower bound on σ
 SCALE_BOUND = 0.11
@@ -365,7 +371,7 @@ def check_weights(weights: Mapping) -> dict:
     weight raise :class:`LictutorError`."""
     if not isinstance(weights, Mapping):
         raise LictutorError(f"distillation weights must be a dict, got {type(weights).__name__}")
-    unknown = set(weights) - set(DEFAULT_WEIGHTS)
+    unknown = set(weights) - set(DEFAULT_WEIGHTS) - {"decay"}
     if unknown:
         raise LictutorError(
             f"unknown distillation weights: {', '.join(sorted(map(str, unknown)))}; "
@@ -386,7 +392,24 @@ def check_weights(weights: Mapping) -> dict:
     if not any(full[n] > 0 for n in ("y", "z", "x_hat", "kl")) and not any(w > 0 for w in layers.values()):
         raise LictutorError(f"no distillation term has a positive weight: set one of {', '.join(KD_TERMS)}")
     full["features"] = dict(layers)
+    decay = full.pop("decay", "none")
+    if decay not in DECAYS:
+        raise LictutorError(f"unknown decay {decay!r}; use one of {', '.join(DECAYS)}")
+    if decay != "none":  # absent by default, so the weights (and cache keys) of older recipes hold
+        full["decay"] = decay
     return full
+
+
+def kd_factor(step: int, steps: int, decay: str = "none") -> float:
+    """The factor on the distillation terms at ``step`` (0-based) of ``steps`` under ``decay``
+    (:data:`DECAYS`): 1 throughout for ``"none"``; from 1 at step 0 to 0 at the last step,
+    ``1 - s`` for ``"linear"`` and ``(1 + cos πs) / 2`` for ``"cosine"``, ``s = step / (steps - 1)``."""
+    if decay not in DECAYS:
+        raise LictutorError(f"unknown decay {decay!r}; use one of {', '.join(DECAYS)}")
+    if decay == "none" or steps <= 1:
+        return 1.0
+    s = min(max(step / (steps - 1), 0.0), 1.0)
+    return 1.0 - s if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * s))
 
 
 # --- students of a codec (chapter 5b) ---------------------------------------------------------

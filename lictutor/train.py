@@ -22,7 +22,8 @@ What it adds to a plain loop, each of which a reader would otherwise write badly
   retraining;
 * a warm start (``init_from``) from another run's weights, e.g. a neighbouring λ;
 * knowledge distillation from a ``teacher`` (:mod:`lictutor.distill`): the loss becomes
-  ``rd · (λ·D + bpp) + Σ_t w_t · KD_t`` with the weights of ``config.distill``;
+  ``rd · (λ·D + bpp) + Σ_t w_t · KD_t`` with the weights of ``config.distill``, held or
+  decaying to 0 over training (``distill={..., "decay": "linear"}``);
 * an L1 penalty on the quantized latent, ``l1 · mean|ŷ|`` (Fu et al. 2023): it pushes whole
   channels of ŷ to zero, which :class:`lictutor.models.FastLIC` then skips when coding;
 * multi-process data parallelism (``torchrun``, DistributedDataParallel), equal to one process
@@ -334,15 +335,18 @@ def teacher_digest(teacher: Teacher) -> str:
     return f"{type(model).__qualname__}:{weights_digest(state)}"
 
 
-def _distillation_losses(losses: dict, student: dict, teacher: nn.Module, x: Tensor, weights: dict) -> dict:
-    """``losses`` with ``loss`` = ``rd · (λ·D + bpp) + Σ w_t · KD_t``, the RD loss as ``rd`` and
-    every distillation term ``t`` as ``kd_t`` (see :func:`lictutor.distill.codec_distill_losses`)."""
+def _distillation_losses(losses: dict, student: dict, teacher: nn.Module, x: Tensor, weights: dict,
+                         factor: float = 1.0) -> dict:
+    """``losses`` with ``loss`` = ``rd · (λ·D + bpp) + factor · Σ w_t · KD_t``, the RD loss as
+    ``rd`` and every distillation term ``t`` as ``kd_t`` (see
+    :func:`lictutor.distill.codec_distill_losses`); ``factor`` is the decay schedule's
+    (:func:`lictutor.distill.kd_factor`)."""
     with torch.no_grad():
         target = distill.codec_forward(teacher, x, list(weights["features"]))
     terms = distill.codec_distill_losses(student, target, weights)
     total = weights["rd"] * losses["loss"]
     for name, value in terms.items():  # "features" is weighted layer by layer already
-        total = total + (1.0 if name == "features" else weights[name]) * value
+        total = total + factor * (1.0 if name == "features" else weights[name]) * value
     return {**losses, "loss": total, "rd": losses["loss"], **{f"kd_{n}": v for n, v in terms.items()}}
 
 
@@ -520,7 +524,8 @@ def train(
                 with distill.record(model, list(config.distill["features"])) as student:
                     output = net(x)
                 losses = criterion(output, x)
-                losses = _distillation_losses(losses, {**student, **output}, teacher, x, config.distill)
+                factor = distill.kd_factor(step, config.steps, config.distill.get("decay", "none"))
+                losses = _distillation_losses(losses, {**student, **output}, teacher, x, config.distill, factor)
             if config.l1 > 0:
                 losses = add_l1_sparsity(losses, output["y_hat"], config.l1)
         losses["loss"].backward()

@@ -10,6 +10,10 @@ one trained. Settings come from the active :class:`lictutor.budget.Budget`.
   mean-scale or context) warm-started from the factorized model's transforms ``g_a``/``g_s``
   at the same λ, in two stages:
 
+  The checkerboard models of chapter 7 take the same recipe: ``"checkerboard"`` has chapter
+  2's transforms as they are, ``"fast"`` has them with a deformable residual block inserted
+  in each, which starts as the identity (:func:`fast_transforms_of`).
+
   1. :func:`fit_entropy_model`: with ``g_a``/``g_s`` frozen, the distortion does not depend
      on any trainable parameter, so the loss is the rate alone, and ``y = g_a(x)`` can be
      computed once per training photo. The entropy model (``h_a``, ``h_s``, the bottleneck of
@@ -38,7 +42,10 @@ from lictutor.train import (
     load_checkpoint, save_checkpoint, train,
 )
 
-__all__ = ["fit_entropy_model", "factorized_models", "hyperprior_models", "transforms_of"]
+__all__ = [
+    "fit_entropy_model", "factorized_models", "hyperprior_models", "hyperprior_stages",
+    "transforms_of", "fast_transforms_of",
+]
 
 TRANSFORMS = ("g_a", "g_s")
 LATENT_STRIDE = 16  #: down-sampling of g_a in every model here: a crop of 16k pixels is k latents
@@ -47,6 +54,35 @@ LATENT_STRIDE = 16  #: down-sampling of g_a in every model here: a crop of 16k p
 def transforms_of(model: nn.Module) -> dict:
     """The state dict of ``model``'s ``g_a`` and ``g_s`` (a warm start for another family)."""
     return {k: v for k, v in model.state_dict().items() if k.split(".")[0] in TRANSFORMS}
+
+
+def fast_transforms_of(model: nn.Module, seed: int = 0) -> dict:
+    """``g_a`` and ``g_s`` for a :class:`lictutor.models.FastLIC` that compute exactly what
+    ``model``'s do (a chapter-2 warm start for chapter 7).
+
+    FastLIC's transforms are chapter 2's with a deformable residual block inserted at index 4
+    of each (:func:`lictutor.models.checkerboard.fast_analysis_transform`): ``model``'s layers
+    0-3 keep their index, the later ones move up by one. The blocks get a fresh initialization
+    (seeded by ``seed``) with their last convolution ``conv2`` at zero, so each returns its
+    input, ``x + LeakyReLU(0)``, until training moves ``conv2``.
+    """
+    state = transforms_of(model)
+    try:
+        N, M = state["g_a.0.weight"].size(0), state["g_a.6.weight"].size(0)
+    except KeyError as err:
+        raise LictutorError(f"fast_transforms_of: the model has no {err}; expected chapter 2's transforms") from None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = models.create("fast", N=N, M=M)
+    out = {}
+    for key, value in state.items():
+        part, index, rest = key.split(".", 2)
+        out[f"{part}.{int(index) + (int(index) >= 4)}.{rest}"] = value
+    for part in TRANSFORMS:
+        block = getattr(fresh, part)[4]
+        for name, value in block.state_dict().items():
+            out[f"{part}.4.{name}"] = torch.zeros_like(value) if name.startswith("conv2.") else value.clone()
+    return out
 
 
 @torch.no_grad()
@@ -176,11 +212,13 @@ def hyperprior_models(budget: Budget, model: str = "hyperprior", progress: bool 
                       lmbdas=None, **changes) -> dict[float, nn.Module]:
     """``{λ: model}`` of a hyperprior family (``"hyperprior"``, ``"mean-scale"`` or
     ``"context"``) warm-started from :func:`factorized_models` (see the module docstring);
-    ``lmbdas``: only these of the budget's λ."""
+    ``lmbdas``: only these of the budget's λ. The checkerboard families (``"checkerboard"``,
+    ``"fast"``) train the same way."""
+    warm_start = fast_transforms_of if model == "fast" else transforms_of
     out = {}
     for lmbda, factorized in factorized_models(budget, progress=progress).items():
         if lmbdas is None or lmbda in lmbdas:
             fit, joint = hyperprior_stages(budget, lmbda, model, **changes)
-            stage1, _ = fit_entropy_model(fit, transforms_of(factorized), progress=progress)
+            stage1, _ = fit_entropy_model(fit, warm_start(factorized), progress=progress)
             out[lmbda], _ = train(joint, init_from=stage1.state_dict(), progress=progress)
     return out

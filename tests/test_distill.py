@@ -257,6 +257,25 @@ def test_weights_defaults():
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
+def test_decay_is_kept_only_when_it_decays():
+    assert "decay" not in check_weights({"y": 0.2, "decay": "none"})
+    assert check_weights({"y": 0.2, "decay": "linear"})["decay"] == "linear"
+    assert TrainConfig(distill={"y": 0.2, "decay": "none"}).key() == TrainConfig(distill={"y": 0.2}).key()
+    assert TrainConfig(distill={"y": 0.2, "decay": "cosine"}).key() != TrainConfig(distill={"y": 0.2}).key()
+    with pytest.raises(LictutorError, match="unknown decay 'exp'"):
+        check_weights({"y": 0.2, "decay": "exp"})
+
+
+def test_kd_factor_schedules():
+    assert [distill.kd_factor(s, 5) for s in range(5)] == [1.0] * 5
+    assert [distill.kd_factor(s, 5, "linear") for s in range(5)] == pytest.approx([1, 0.75, 0.5, 0.25, 0])
+    assert [distill.kd_factor(s, 5, "cosine") for s in range(5)] == pytest.approx(
+        [1, 0.5 + 0.5 * math.cos(math.pi / 4), 0.5, 0.5 - 0.5 * math.cos(math.pi / 4), 0])
+    assert distill.kd_factor(0, 1, "linear") == 1.0  # a one-step run distils at full weight
+    with pytest.raises(LictutorError, match="unknown decay"):
+        distill.kd_factor(0, 5, "step")
+
+
 # --- the trainer with a teacher ---------------------------------------------------------------
 
 STUDENT = dict(model="hyperprior", model_args=SMALL, steps=3, batch=2, crop=64, warmup=0, lmbda=0.013)
@@ -291,6 +310,13 @@ def test_train_with_a_teacher(tmp_path):
     other = models.create("hyperprior", **SMALL)
     keys = {config.key(teacher=teacher), config.key(teacher=other), TrainConfig(**STUDENT).key()}
     assert len(keys) == 3
+
+    # a decaying schedule scales the distillation terms, not the RD loss
+    decayed = {**weights, "decay": "linear"}
+    ckpt = train(TrainConfig(**STUDENT, distill=decayed), teacher=teacher, cache=False, progress=False, log_every=1)[1]
+    for h, factor in zip(ckpt["history"], (1.0, 0.5, 0.0)):
+        kd = 0.2 * h["kd_y"] + 0.2 * h["kd_x_hat"] + 0.1 * h["kd_kl"]
+        assert h["loss"] == pytest.approx(h["rd"] + factor * kd, rel=1e-5)
 
     # the teacher draws none of the student's noise: its RD loss is that of plain training
     plain = train(TrainConfig(**{**STUDENT, "steps": 1}), cache=False, progress=False, log_every=1)[1]

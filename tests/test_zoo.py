@@ -32,6 +32,23 @@ def test_transforms_of_keeps_only_g_a_and_g_s():
     assert state and all(k.startswith(("g_a.", "g_s.")) for k in state)
 
 
+def test_fast_transforms_of_computes_what_the_factorized_transforms_compute():
+    torch.manual_seed(0)
+    factorized = models.create("factorized", N=8, M=12).eval()
+    fast = models.create("fast", N=8, M=12).eval()
+    state = zoo.fast_transforms_of(factorized)
+    assert set(state) == set(zoo.transforms_of(fast))  # every weight of FastLIC's g_a and g_s
+    fast.load_state_dict(state, strict=False)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        y = factorized.g_a(x)
+        assert torch.allclose(fast.g_a(x), y, atol=1e-6)
+        assert torch.allclose(fast.g_s(y), factorized.g_s(y), atol=1e-6)
+    assert torch.equal(zoo.fast_transforms_of(factorized)["g_s.4.conv1.weight"], state["g_s.4.conv1.weight"])
+    with pytest.raises(LictutorError, match="chapter 2's transforms"):
+        zoo.fast_transforms_of(models.create("fast", N=8, M=12))
+
+
 def test_partial_warm_start_loads_the_transforms_and_keeps_the_rest():
     init = transforms()
     model, _ = train(TrainConfig(model="hyperprior", steps=1, frozen=("g_a", "g_s"), **TINY),
