@@ -21,7 +21,7 @@ with the teacher. The paper does not say how it found those blocks; we measure i
   :func:`lictutor.train.train` takes it as it is).
 
 **Saving and loading by name.** :class:`lictutor.models.FastLIC` takes the removed blocks as a
-constructor argument, ``FastLIC(N, M, removed=("g_s.4",))``, so a pruned model is an ordinary
+constructor argument, ``FastLIC(N, M, removed=("g_s.2",))``, so a pruned model is an ordinary
 ``model_args`` entry: the trainer, the checkpoints, ``load_checkpoint`` and the command line
 build it with ``models.create("fast", N=..., M=..., removed=[...])``. The ``.lic`` files it
 writes carry a hash of its decoder's weights (:mod:`lictutor.evaluate`); a pruned decoder has
@@ -74,7 +74,7 @@ def _input_channels(part: nn.Sequential, name: str) -> int:
 
 @torch.no_grad()
 def removable_blocks(model: nn.Module, parts: Sequence[str] = ("g_s",)) -> List[str]:
-    """Names (``"g_s.4"``) of the children of ``parts`` that can be replaced by
+    """Names (``"g_s.2"``) of the children of ``parts`` that can be replaced by
     ``nn.Identity``: output shaped as their input, and holding parameters. In model order."""
     if isinstance(parts, str):
         parts = (parts,)
@@ -119,7 +119,7 @@ def _natural(name: str):
 def _check_names(model: nn.Module, names: Iterable[str]) -> Tuple[str, ...]:
     """``names`` in model order, each a removable block of its part."""
     if isinstance(names, str) or not all(isinstance(n, str) and "." in n for n in names):
-        raise LictutorError(f"blocks must be a sequence of module names such as 'g_s.4', got {names!r}")
+        raise LictutorError(f"blocks must be a sequence of module names such as 'g_s.2', got {names!r}")
     names = sorted(set(names), key=_natural)
     parts = sorted({n.rsplit(".", 1)[0] for n in names})
     removable = set(removable_blocks(model, parts)) if parts else set()

@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 TRANSFORMS = ("g_a", "g_s")
+FAST_DRM = {"g_a": 6, "g_s": 2}  #: where FastLIC's transforms hold their deformable residual block
 LATENT_STRIDE = 16  #: down-sampling of g_a in every model here: a crop of 16k pixels is k latents
 
 
@@ -60,9 +61,10 @@ def fast_transforms_of(model: nn.Module, seed: int = 0) -> dict:
     """``g_a`` and ``g_s`` for a :class:`lictutor.models.FastLIC` that compute exactly what
     ``model``'s do (a chapter-2 warm start for chapter 7).
 
-    FastLIC's transforms are chapter 2's with a deformable residual block inserted at index 4
-    of each (:func:`lictutor.models.checkerboard.fast_analysis_transform`): ``model``'s layers
-    0-3 keep their index, the later ones move up by one. The blocks get a fresh initialization
+    FastLIC's transforms are chapter 2's with a deformable residual block inserted at 1/8 of
+    the image size (:func:`lictutor.models.checkerboard.fast_analysis_transform`), at
+    ``g_a.6`` and ``g_s.2``: ``model``'s layers before it keep their index, the later ones
+    move up by one. The blocks get a fresh initialization
     (seeded by ``seed``) with their last convolution ``conv2`` at zero, so each returns its
     input, ``x + LeakyReLU(0)``, until training moves ``conv2``.
     """
@@ -77,11 +79,10 @@ def fast_transforms_of(model: nn.Module, seed: int = 0) -> dict:
     out = {}
     for key, value in state.items():
         part, index, rest = key.split(".", 2)
-        out[f"{part}.{int(index) + (int(index) >= 4)}.{rest}"] = value
-    for part in TRANSFORMS:
-        block = getattr(fresh, part)[4]
-        for name, value in block.state_dict().items():
-            out[f"{part}.4.{name}"] = torch.zeros_like(value) if name.startswith("conv2.") else value.clone()
+        out[f"{part}.{int(index) + (int(index) >= FAST_DRM[part])}.{rest}"] = value
+    for part, at in FAST_DRM.items():
+        for name, value in getattr(fresh, part)[at].state_dict().items():
+            out[f"{part}.{at}.{name}"] = torch.zeros_like(value) if name.startswith("conv2.") else value.clone()
     return out
 
 

@@ -264,7 +264,7 @@ def test_fast_trains_with_l1_sparsity(mode, photo):
     loss.backward()
     assert torch.isfinite(loss)
     assert l1_sparsity(out) == out["y_hat"].abs().mean()
-    for module in (net.g_a[4].offset, net.entropy_parameters_anchor[0], net.entropy_parameters_nonanchor[0]):
+    for module in (net.g_a[6].offset, net.entropy_parameters_anchor[0], net.entropy_parameters_nonanchor[0]):
         assert module.weight.grad.abs().sum() > 0
 
 

@@ -14,7 +14,7 @@ from lictutor.prune import rank_decoder_blocks, rd_loss, removable_blocks, remov
 from lictutor.train import TrainConfig, load_checkpoint, save_checkpoint, train
 
 N, M = 16, 24
-FAST_BLOCKS = ["g_s.1", "g_s.3", "g_s.4", "g_s.6"]  # three inverse GDNs and the DRM
+FAST_BLOCKS = ["g_s.1", "g_s.2", "g_s.4", "g_s.6"]  # three inverse GDNs and the DRM
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +45,7 @@ def _same_state(a, b):
 def test_removable_blocks_keep_shapes_and_have_weights():
     net = _model().train()
     assert removable_blocks(net) == FAST_BLOCKS
-    assert removable_blocks(net, ("g_a",)) == ["g_a.1", "g_a.3", "g_a.4", "g_a.6"]
+    assert removable_blocks(net, ("g_a",)) == ["g_a.1", "g_a.3", "g_a.5", "g_a.6"]
     assert net.training  # mode restored
     assert removable_blocks(models.create("factorized", N=8, M=12)) == ["g_s.1", "g_s.3", "g_s.5"]
     assert removable_blocks(models.create("mean-scale", N=8, M=12), "h_s") == []  # ReLUs only
@@ -58,33 +58,33 @@ def test_removable_blocks_keep_shapes_and_have_weights():
 def test_remove_blocks_returns_a_copy_whose_state_dict_is_a_subset():
     net = _model()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    pruned = remove_blocks(net, ["g_s.4", "g_s.1"])
+    pruned = remove_blocks(net, ["g_s.2", "g_s.1"])
     _same_state(net.state_dict(), before)  # the model is left as it was
-    assert isinstance(net.g_s[4], DeformableResidualBlock) and net.removed == ()
-    assert pruned.removed == ("g_s.1", "g_s.4")
+    assert isinstance(net.g_s[2], DeformableResidualBlock) and net.removed == ()
+    assert pruned.removed == ("g_s.1", "g_s.2")
     from lictutor.profile import parameter_counts
 
     counts, full_counts = parameter_counts(pruned), parameter_counts(net)
-    removed_params = sum(p.numel() for i in (1, 4) for p in net.g_s[i].parameters())
+    removed_params = sum(p.numel() for i in (1, 2) for p in net.g_s[i].parameters())
     assert counts["decoder"] == full_counts["decoder"] - removed_params
     assert counts["encoder"] == full_counts["encoder"]
-    assert isinstance(pruned.g_s[1], nn.Identity) and isinstance(pruned.g_s[4], nn.Identity)
-    kept = {k: v for k, v in before.items() if not k.startswith(("g_s.1.", "g_s.4."))}
+    assert isinstance(pruned.g_s[1], nn.Identity) and isinstance(pruned.g_s[2], nn.Identity)
+    kept = {k: v for k, v in before.items() if not k.startswith(("g_s.1.", "g_s.2."))}
     assert len(kept) < len(before)
     _same_state(pruned.state_dict(), kept)
     # the same model built by name loads it strictly, and its random init is the full model's
     torch.manual_seed(0)
-    by_name = FastLIC(N, M, components=1, removed=("g_s.4", "g_s.1"))
+    by_name = FastLIC(N, M, components=1, removed=("g_s.2", "g_s.1"))
     torch.manual_seed(0)
     full = FastLIC(N, M, components=1)
     _same_state(by_name.state_dict(), {k: v for k, v in full.state_dict().items() if k in kept})
     by_name.load_state_dict(pruned.state_dict())
-    assert FastLIC.from_state_dict(pruned.state_dict()).removed == ("g_s.1", "g_s.4")
+    assert FastLIC.from_state_dict(pruned.state_dict()).removed == ("g_s.1", "g_s.2")
     y = torch.randn(1, M, 2, 2)
     with torch.no_grad():  # g_s without the blocks is the composition of the others
         expected = y
         for i, block in enumerate(net.g_s):
-            if i not in (1, 4):
+            if i not in (1, 2):
                 expected = block(expected)
         torch.testing.assert_close(pruned.g_s(y), expected)
 
@@ -93,9 +93,9 @@ def test_remove_blocks_returns_a_copy_whose_state_dict_is_a_subset():
     "names, message",
     [
         (["g_s.0"], "cannot remove g_s.0"),  # a deconvolution: changes the shape
-        (["g_s.2", "g_s.4"], "cannot remove g_s.2"),
+        (["g_s.3", "g_s.2"], "cannot remove g_s.3"),
         (["entropy_bottleneck.x"], "not an nn.Sequential"),
-        ("g_s.4", "sequence of module names"),
+        ("g_s.2", "sequence of module names"),
         ([4], "sequence of module names"),
     ],
 )
@@ -107,11 +107,11 @@ def test_bad_blocks(names, message):
 
 
 def test_removed_twice_is_an_error():
-    pruned = remove_blocks(_model(), ["g_s.4"])
-    assert removable_blocks(pruned) == ["g_s.1", "g_s.3", "g_s.6"]
-    with pytest.raises(LictutorError, match="cannot remove g_s.4"):
-        remove_blocks(pruned, ["g_s.4"])
-    assert remove_blocks(pruned, ["g_s.6"]).removed == ("g_s.4", "g_s.6")
+    pruned = remove_blocks(_model(), ["g_s.2"])
+    assert removable_blocks(pruned) == ["g_s.1", "g_s.4", "g_s.6"]
+    with pytest.raises(LictutorError, match="cannot remove g_s.2"):
+        remove_blocks(pruned, ["g_s.2"])
+    assert remove_blocks(pruned, ["g_s.6"]).removed == ("g_s.2", "g_s.6")
 
 
 def test_rd_loss_takes_arrays_pairs_and_tensors(photo):
@@ -134,7 +134,7 @@ def test_rank_decoder_blocks_ablates_each_block(photo):
     before = {k: v.clone() for k, v in net.state_dict().items()}
     ranking = rank_decoder_blocks(net, [photo], 0.01)
     _same_state(net.state_dict(), before)
-    assert net.training and isinstance(net.g_s[4], DeformableResidualBlock) and isinstance(net.g_s[1], GDN)
+    assert net.training and isinstance(net.g_s[2], DeformableResidualBlock) and isinstance(net.g_s[1], GDN)
     assert sorted(r["block"] for r in ranking) == FAST_BLOCKS
     deltas = [r["delta"] for r in ranking]
     assert deltas == sorted(deltas)
@@ -146,14 +146,14 @@ def test_rank_decoder_blocks_ablates_each_block(photo):
         assert row["bpp"] == pytest.approx(base["bpp"])  # g_s does not change the rate
         block = dict(net.named_modules())[row["block"]]
         assert row["params"] == sum(p.numel() for p in block.parameters()) > 0
-    (only,) = rank_decoder_blocks(net, [photo], 0.01, blocks=["g_s.4"])
-    assert only["block"] == "g_s.4" and only["loss"] == pytest.approx(
-        next(r for r in ranking if r["block"] == "g_s.4")["loss"])
+    (only,) = rank_decoder_blocks(net, [photo], 0.01, blocks=["g_s.2"])
+    assert only["block"] == "g_s.2" and only["loss"] == pytest.approx(
+        next(r for r in ranking if r["block"] == "g_s.2")["loss"])
 
 
 def test_pruned_model_codes_its_own_files(photo, tmp_path):
     net = _model()
-    pruned = remove_blocks(net, ["g_s.4"])
+    pruned = remove_blocks(net, ["g_s.2"])
     full_file = compress_image(net, photo, "fast")
     pruned_file = compress_image(pruned, photo, "fast")
     rec = decompress_image(pruned, pruned_file, "fast")
@@ -171,19 +171,19 @@ def test_pruned_model_codes_its_own_files(photo, tmp_path):
     path = tmp_path / "pruned.pt"
     save_checkpoint(path, pruned, TrainConfig(model="fast", model_args=args, crop=64))
     loaded, ckpt = load_checkpoint(path)
-    assert ckpt["model_args"]["removed"] == ["g_s.4"] and loaded.removed == ("g_s.4",)
+    assert ckpt["model_args"]["removed"] == ["g_s.2"] and loaded.removed == ("g_s.2",)
     np.testing.assert_array_equal(decompress_image(loaded, pruned_file, "fast"), rec)
     assert compress_image(loaded, photo, "fast") == pruned_file
 
 
 def test_train_a_pruned_student_from_its_weights():
     student = _model()
-    pruned = remove_blocks(student, ["g_s.4"])
-    config = TrainConfig(model="fast", model_args={"N": N, "M": M, "components": 1, "removed": ["g_s.4"]},
+    pruned = remove_blocks(student, ["g_s.2"])
+    config = TrainConfig(model="fast", model_args={"N": N, "M": M, "components": 1, "removed": ["g_s.2"]},
                          steps=1, batch=1, crop=64, warmup=0)
     assert config.key() != TrainConfig(model="fast", model_args={"N": N, "M": M, "components": 1},
                                        steps=1, batch=1, crop=64, warmup=0).key()
     model, _ = train(config, init_from=pruned.state_dict(), cache=False, progress=False)
-    assert isinstance(model.g_s[4], nn.Identity) and model.removed == ("g_s.4",)
-    with pytest.raises(LictutorError, match="unexpected g_s.4"):  # the unpruned weights: prune them first
+    assert isinstance(model.g_s[2], nn.Identity) and model.removed == ("g_s.2",)
+    with pytest.raises(LictutorError, match="unexpected g_s.2"):  # the unpruned weights: prune them first
         train(config, init_from=student.state_dict(), cache=False, progress=False)
