@@ -391,7 +391,9 @@ def check_weights(weights: Mapping) -> dict:
         raise LictutorError(f"the support half-width K must be a positive integer, got {full['K']!r}")
     if not any(full[n] > 0 for n in ("y", "z", "x_hat", "kl")) and not any(w > 0 for w in layers.values()):
         raise LictutorError(f"no distillation term has a positive weight: set one of {', '.join(KD_TERMS)}")
-    full["features"] = dict(layers)
+    # numbers as floats: {"y": 1} and {"y": 1.0} are one recipe, with one cache key
+    full.update({n: float(full[n]) for n in ("rd", "y", "z", "x_hat", "kl", "T")})
+    full["features"] = {n: float(w) for n, w in layers.items()}
     decay = full.pop("decay", "none")
     if decay not in DECAYS:
         raise LictutorError(f"unknown decay {decay!r}; use one of {', '.join(DECAYS)}")

@@ -350,15 +350,18 @@ def _distillation_losses(losses: dict, student: dict, teacher: nn.Module, x: Ten
     return {**losses, "loss": total, "rd": losses["loss"], **{f"kd_{n}": v for n, v in terms.items()}}
 
 
-def add_l1_sparsity(losses: dict, y_hat: Tensor, weight: float) -> dict:
-    """``losses`` with ``loss`` + ``weight · mean|y_hat|`` (the L1 penalty of Fu et al. 2023,
-    :func:`lictutor.models.checkerboard.l1_sparsity`), the penalty unweighted as ``l1``, and
-    the loss without it as ``rd`` (unless ``losses`` has one already, from distillation).
+def add_l1_sparsity(losses: dict, output: dict, weight: float) -> dict:
+    """``losses`` with ``loss`` + ``weight · mean|ŷ|`` (the L1 penalty of Fu et al. 2023 on
+    the model output's ``"y_hat"``, :func:`lictutor.models.checkerboard.l1_sparsity`), the
+    penalty unweighted as ``l1``, and the loss without it as ``rd`` (unless ``losses`` has one
+    already, from distillation).
 
     The mean runs over every element of the batch's ŷ, so the penalty's gradient with respect
     to an element is ``weight · sign(ŷ) / ŷ.numel()`` (0 where ŷ is exactly 0).
     """
-    term = y_hat.abs().mean()
+    from lictutor.models.checkerboard import l1_sparsity
+
+    term = l1_sparsity(output)
     return {**losses, "loss": losses["loss"] + weight * term, "rd": losses.get("rd", losses["loss"]), "l1": term}
 
 
@@ -527,7 +530,7 @@ def train(
                 factor = distill.kd_factor(step, config.steps, config.distill.get("decay", "none"))
                 losses = _distillation_losses(losses, {**student, **output}, teacher, x, config.distill, factor)
             if config.l1 > 0:
-                losses = add_l1_sparsity(losses, output["y_hat"], config.l1)
+                losses = add_l1_sparsity(losses, output, config.l1)
         losses["loss"].backward()
         grad_norm = nn.utils.clip_grad_norm_(main_params, config.clip or math.inf)
         # Checked before the step, so the weights (and the last checkpoint) stay finite. Under

@@ -257,6 +257,12 @@ def test_weights_defaults():
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
+def test_integer_and_float_weights_are_one_recipe():
+    config = TrainConfig(distill={"y": 1, "rd": 1, "T": 2, "features": {"g_s.1": 1}})
+    assert config.key() == TrainConfig(distill={"y": 1.0, "rd": 1.0, "T": 2.0, "features": {"g_s.1": 1.0}}).key()
+    assert isinstance(config.distill["K"], int)
+
+
 def test_decay_is_kept_only_when_it_decays():
     assert "decay" not in check_weights({"y": 0.2, "decay": "none"})
     assert check_weights({"y": 0.2, "decay": "linear"})["decay"] == "linear"

@@ -350,7 +350,7 @@ def test_l1_gradient_is_the_weighted_sign():
     y_hat = out["y_hat"]
     losses = RateDistortionLoss(0.01)(out, x)
     (rd_grad,) = torch.autograd.grad(losses["loss"], y_hat, retain_graph=True)
-    total = train_module.add_l1_sparsity(losses, y_hat, 0.3)
+    total = train_module.add_l1_sparsity(losses, out, 0.3)
     assert total["rd"] is losses["loss"] and total["l1"] == y_hat.abs().mean()
     torch.testing.assert_close(total["loss"], losses["loss"] + 0.3 * y_hat.abs().mean())
     (grad,) = torch.autograd.grad(total["loss"], y_hat)
