@@ -76,7 +76,8 @@ DEFAULT_WEIGHTS = {"rd": 1.0, "y": 0.0, "z": 0.0, "x_hat": 0.0, "kl": 0.0, "feat
 
 #: schedules of the distillation terms' weights over training (an optional ``weights["decay"]``):
 #: ``"none"`` keeps them, ``"linear"`` and ``"cosine"`` take them from full at the first step
-#: to 0 at the last (Fu et al. 2023's student learns from its teacher early, from the data late)
+#: to 0 at the last, so a student learns from its teacher early and from the data late (chapter
+#: 7's three-step distillation; Fu et al. 2023 give no schedule, these are our choices)
 DECAYS = ("none", "linear", "cosine")
 
 #: GaussianConditional's default lower bound on σ

@@ -15,7 +15,10 @@ Multiply–accumulates are counted by PyTorch's own FLOP counter
 (:class:`torch.utils.flop_counter.FlopCounterMode`, MACs = FLOPs / 2) during the real
 ``compress`` and ``decompress`` calls: convolutions (GDN's included, it is a 1×1 convolution)
 and matrix products, dense (a masked convolution counts its zeros); element-wise operations and
-the entropy coder are not counted. Peak memory is that of tensors allocated *during* the call,
+the entropy coder are not counted. PyTorch's counter does not know torchvision's deformable
+convolution (the DRM of :class:`lictutor.models.FastLIC`): :func:`count_macs` adds it as the
+convolution it computes, ``C_in/groups · k_h · k_w`` MACs per output element (the bilinear
+sampling of its inputs, like every element-wise operation, is not counted). Peak memory is that of tensors allocated *during* the call,
 above what was held before it (the weights do not count): on CUDA from
 ``torch.cuda.max_memory_allocated``, on the CPU from the allocation and release events of the
 PyTorch profiler (``profile_memory=True``), summed in time order -- exact at the granularity of
@@ -64,9 +67,23 @@ def parameter_counts(model: nn.Module) -> Dict[str, int]:
     return counts
 
 
+def _deform_conv2d_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of ``torchvision::deform_conv2d``: 2 per multiply–accumulate of its convolution."""
+    c_out, c_in_per_group, kh, kw = w_shape
+    batch, _, height, width = out_shape
+    return 2 * batch * c_out * height * width * c_in_per_group * kh * kw
+
+
+def _custom_formulas() -> dict:
+    import torchvision  # noqa: F401  (registers torch.ops.torchvision)
+
+    return {torch.ops.torchvision.deform_conv2d: _deform_conv2d_flops}
+
+
 def count_macs(fn: Callable, *args, **kwargs) -> int:
-    """Multiply–accumulates of ``fn(*args, **kwargs)``: PyTorch's FLOP count, halved."""
-    with FlopCounterMode(display=False) as counter:
+    """Multiply–accumulates of ``fn(*args, **kwargs)``: PyTorch's FLOP count (with torchvision's
+    deformable convolution added), halved."""
+    with FlopCounterMode(display=False, custom_mapping=_custom_formulas()) as counter:
         fn(*args, **kwargs)
     return counter.get_total_flops() // 2
 

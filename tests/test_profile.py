@@ -43,6 +43,18 @@ def test_macs_of_one_convolution_are_the_analytic_count():
     assert count_macs(linear, torch.rand(5, 10)) == 5 * 10 * 4
 
 
+def test_macs_of_a_deformable_convolution_are_its_convolution():
+    from torchvision.ops import DeformConv2d
+
+    from lictutor.layers import DeformableResidualBlock
+
+    conv = DeformConv2d(8, 16, kernel_size=3, padding=1, groups=2)
+    x, offset = torch.rand(2, 8, 12, 12), torch.rand(2, 18, 12, 12)
+    assert count_macs(conv, x, offset) == 2 * 16 * 12 * 12 * 4 * 3 * 3  # batch · out · pixels · in/groups · k²
+    block = DeformableResidualBlock(8)  # conv1, offset and the deformable conv2: three 3x3 convolutions
+    assert count_macs(block, torch.rand(1, 8, 10, 10)) == (8 + 18 + 8) * 8 * 9 * 100
+
+
 def test_peak_memory_on_cpu():
     def two_at_once():
         a = torch.ones(1_000_000)  # 4 MB
