@@ -482,6 +482,7 @@ def train_students(
     plan: Mapping[int, Sequence[str]],
     recipes: Mapping[str, Mapping],
     teachers: Mapping[float, nn.Module],
+    pretrain_steps: int = 0,
     **kwargs,
 ) -> Dict[tuple, tuple]:
     """Train a grid of students: for every width ``N`` in ``plan``, every recipe name in
@@ -490,16 +491,28 @@ def train_students(
     distilled from ``teachers[λ]``. All students of a width start from the same initialization
     and see the same batches and noise: recipes differ by their loss only. Returns
     ``{(N, recipe, λ): (model, checkpoint)}``.
+
+    ``pretrain_steps`` > 0 first trains one model per width and ``λ`` from scratch on the RD
+    loss alone, for that many steps (``base`` otherwise, so with its learning rate and
+    schedule), and starts every recipe of that width and ``λ`` from it: the recipes then act on
+    a student that has learned something already, and every student, twin or distilled, has
+    had ``pretrain_steps + base.steps`` steps.
     """
     from dataclasses import replace
 
     unknown = sorted({r for names in plan.values() for r in names} - set(recipes))
     if unknown:
         raise LictutorError(f"unknown recipes {', '.join(unknown)}; known: {', '.join(recipes)}")
+    if isinstance(pretrain_steps, bool) or not (isinstance(pretrain_steps, int) and pretrain_steps >= 0):
+        raise LictutorError(f"pretrain_steps must be an integer >= 0, got {pretrain_steps!r}")
     out = {}
     for N, names in plan.items():
-        for name in names:
-            for lmbda, teacher in teachers.items():
-                config = replace(base, model_args={**base.model_args, "N": N}, lmbda=lmbda)
-                out[(N, name, lmbda)] = train_student(config, recipes[name], teacher, **kwargs)
+        for lmbda, teacher in teachers.items():
+            config = replace(base, model_args={**base.model_args, "N": N}, lmbda=lmbda)
+            start = kwargs
+            if pretrain_steps:
+                first = replace(config, steps=pretrain_steps, warmup=min(config.warmup, pretrain_steps), distill={})
+                start = {**kwargs, "init_from": train_student(first, {}, **kwargs)[0].state_dict()}
+            for name in names:
+                out[(N, name, lmbda)] = train_student(config, recipes[name], teacher, **start)
     return out

@@ -2,6 +2,7 @@
 the trainer with a teacher."""
 
 import json
+import dataclasses
 import math
 
 import pytest
@@ -449,3 +450,24 @@ def test_train_students_grid():
         distill.train_students(base, {8: ["KL T=9"]}, recipes, teachers)
     with pytest.raises(LictutorError, match="needs a teacher"):
         distill.train_student(base, recipes["latent+output"], None)
+
+
+def test_train_students_from_a_shared_pretraining():
+    from lictutor.train import cache_path
+
+    torch.manual_seed(1)
+    teachers = {0.013: models.create("hyperprior", **SMALL)}
+    recipes = distill.distill_recipes((2,), K=4)
+    base = TrainConfig(**{**STUDENT, "steps": 1})
+    plan = {8: ["scratch", "latent+output"]}
+    grid = distill.train_students(base, plan, recipes, teachers, pretrain_steps=2, progress=False, log_every=1)
+    config = dataclasses.replace(base, model_args={**base.model_args, "N": 8})
+    pretrained, _ = distill.train_student(dataclasses.replace(config, steps=2, warmup=0), {}, progress=False)
+    state = pretrained.state_dict()  # loaded from the cache: the pretraining ran once, from scratch
+    assert cache_path(config, init_from=state).is_file()  # the twin started from it
+    assert cache_path(dataclasses.replace(config, distill=recipes["latent+output"]), init_from=state,
+                      teacher=teachers[0.013]).is_file()
+    plain = distill.train_students(base, plan, recipes, teachers, progress=False, log_every=1)
+    assert grid[(8, "scratch", 0.013)][1]["key"] != plain[(8, "scratch", 0.013)][1]["key"]
+    with pytest.raises(LictutorError, match="pretrain_steps"):
+        distill.train_students(base, plan, recipes, teachers, pretrain_steps=-1)
