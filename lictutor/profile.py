@@ -43,6 +43,7 @@ __all__ = [
     "parameter_counts",
     "count_macs",
     "peak_memory",
+    "median_time",
     "profile_model",
     "format_profile_table",
 ]
@@ -117,7 +118,10 @@ def peak_memory(fn: Callable, *args, device: torch.device | str = "cpu", **kwarg
     return peak
 
 
-def _median_time(fn: Callable, repeat: int, device: torch.device) -> float:
+def median_time(fn: Callable, repeat: int = 3, device: torch.device | str = "cpu") -> float:
+    """Median wall time of ``repeat`` calls of ``fn()`` in seconds (waiting for ``device``'s
+    queued work before and after each call)."""
+    device = torch.device(device)
     times = []
     for _ in range(repeat):
         _synchronize(device)
@@ -172,8 +176,8 @@ def profile_model(model: nn.Module, height: int, width: int, repeat: int = 3, na
         "macs_decoder": count_macs(decode),
         "memory_encoder": peak_memory(encode, device=device),
         "memory_decoder": peak_memory(decode, device=device),
-        "encode_s": _median_time(encode, repeat, device),
-        "decode_s": _median_time(decode, repeat, device),
+        "encode_s": median_time(encode, repeat, device),
+        "decode_s": median_time(decode, repeat, device),
     }
 
 

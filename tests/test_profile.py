@@ -1,5 +1,7 @@
 """lictutor.profile: parameter counts by side, MACs, peak memory, coding time, the table."""
 
+import time
+
 import pytest
 import torch
 import torch.nn as nn
@@ -9,6 +11,7 @@ from lictutor.errors import LictutorError
 from lictutor.profile import (
     count_macs,
     format_profile_table,
+    median_time,
     parameter_counts,
     peak_memory,
     profile_model,
@@ -92,3 +95,16 @@ def test_profile_model_rows_and_table():
         profile_model(models.create("hyperprior", **SMALL), 32, 64)
     with pytest.raises(LictutorError, match="list of dicts"):
         format_profile_table(hyper)
+
+
+def test_median_time_is_the_median_of_the_calls():
+    durations = iter([0.05, 0.0, 0.02])
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(next(durations))
+
+    t = median_time(fn, repeat=3)
+    assert len(calls) == 3
+    assert 0.02 <= t < 0.045
