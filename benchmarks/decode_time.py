@@ -3,30 +3,20 @@
     python benchmarks/decode_time.py [--size 768x512] [--N 128] [--M 192] [--repeat 3]
 
 Every model codes the same image to a real ``.lic`` file and decodes it (``lictutor.evaluate``);
-the table gives the median wall time of ``--repeat`` runs and each model's ratio to the scale
-hyperprior. Coding time hardly depends on the weights, so untrained models measure the cost of
+the table gives the median wall time of ``--repeat`` runs, and how many times faster each model
+decodes than the serial context model (chapter 4) and than the scale hyperprior. Coding time hardly depends on the weights, so untrained models measure the cost of
 the architecture: above all, the serial raster-order decoding of the context model (chapter 4)
 against the two parallel passes of the checkerboard models (chapter 7). (Only ``fast`` gets
 faster with training, as its all-zero latent channels are skipped; untrained, it has none.)
 """
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
 
 from lictutor import evaluate, models
-
-
-def timed(fn, repeat):
-    times, result = [], None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+from lictutor.profile import median_time
 
 
 def main():
@@ -46,15 +36,15 @@ def main():
     rows = {}
     for name in args.models.split(","):
         model = models.create(name, N=args.N, M=args.M).eval()
-        evaluate.compress_image(model, img, name)  # builds the tables once, outside the timing
-        encode, data = timed(lambda: evaluate.compress_image(model, img, name), args.repeat)
-        decode, _ = timed(lambda: evaluate.decompress_image(model, data, name), args.repeat)
+        data = evaluate.compress_image(model, img, name)  # builds the tables, outside the timing
+        encode = median_time(lambda: evaluate.compress_image(model, img, name), args.repeat)
+        decode = median_time(lambda: evaluate.decompress_image(model, data, name), args.repeat)
         rows[name] = (encode, decode)
-    base = rows.get("hyperprior")
-    print(f"{'model':<12}{'encode [s]':>12}{'decode [s]':>12}{'decode / hyperprior':>22}")
+    print(f"{'model':<12}{'encode [s]':>12}{'decode [s]':>12}{'context / model':>17}{'model / hyperprior':>20}")
     for name, (encode, decode) in rows.items():
-        ratio = f"{decode / base[1]:>21.1f}×" if base else ""
-        print(f"{name:<12}{encode:>12.3f}{decode:>12.3f}{ratio}")
+        faster = f"{rows['context'][1] / decode:>16.1f}×" if "context" in rows else " " * 17
+        slower = f"{decode / rows['hyperprior'][1]:>19.1f}×" if "hyperprior" in rows else ""
+        print(f"{name:<12}{encode:>12.3f}{decode:>12.3f}{faster}{slower}")
 
 
 if __name__ == "__main__":
