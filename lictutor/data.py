@@ -104,9 +104,11 @@ def save_image(image: np.ndarray | torch.Tensor, path: str | os.PathLike) -> Non
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
-    """``uint8`` H×W×3 → float32 tensor [3, H, W] in [0, 1]."""
+    """``uint8`` H×W×3 → float32 tensor [3, H, W] in [0, 1] (read-only arrays, e.g.
+    ``np.asarray`` of a PIL image, are copied)."""
     _check_uint8_rgb(img)
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div(255)
+    img = np.ascontiguousarray(img) if img.flags.writeable else np.array(img)
+    return torch.from_numpy(img).permute(2, 0, 1).float().div(255)
 
 
 def to_uint8(t: torch.Tensor) -> np.ndarray:

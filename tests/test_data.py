@@ -4,6 +4,7 @@ import io
 import socket
 import struct
 import threading
+import warnings
 import zipfile
 import zlib
 from functools import partial
@@ -163,6 +164,16 @@ def test_tensor_round_trip_and_save(tmp_path):
         data.to_uint8(torch.zeros(2, 3, 4, 4))
     with pytest.raises(LictutorError):
         data.to_uint8(torch.zeros(3, 4, 4, dtype=torch.uint8))
+
+
+def test_to_tensor_of_a_read_only_array_copies_it_without_a_warning():
+    img = np.asarray(Image.fromarray(np.full((4, 6, 3), 51, np.uint8)))
+    assert not img.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = data.to_tensor(img)
+    t += 1  # the tensor owns its memory
+    assert (img == 51).all() and torch.allclose(t, torch.full((3, 4, 6), 1.2))
 
 
 # --- built-in photos and folders -------------------------------------------------------------
