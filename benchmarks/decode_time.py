@@ -1,10 +1,12 @@
 """Encode and decode time of the learned codecs on one image size, measured side by side.
 
     python benchmarks/decode_time.py [--size 768x512] [--N 128] [--M 192] [--repeat 3]
+    python benchmarks/decode_time.py --N 64 --M 96   # the widths of the book's cpu budget
 
 Every model codes the same image to a real ``.lic`` file and decodes it (``lictutor.evaluate``);
-the table gives the median wall time of ``--repeat`` runs, and how many times faster each model
-decodes than the serial context model (chapter 4) and than the scale hyperprior. Coding time hardly depends on the weights, so untrained models measure the cost of
+the table gives the median wall time of ``--repeat`` runs, how many times faster each model
+decodes than the serial context model (chapter 4), and how many times slower than the scale
+hyperprior. Coding time hardly depends on the weights, so untrained models measure the cost of
 the architecture: above all, the serial raster-order decoding of the context model (chapter 4)
 against the two parallel passes of the checkerboard models (chapter 7). (Only ``fast`` gets
 faster with training, as its all-zero latent channels are skipped; untrained, it has none.)
