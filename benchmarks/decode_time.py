@@ -8,8 +8,9 @@ the table gives the median wall time of ``--repeat`` runs, how many times faster
 decodes than the serial context model (chapter 4), and how many times slower than the scale
 hyperprior. Coding time hardly depends on the weights, so untrained models measure the cost of
 the architecture: above all, the serial raster-order decoding of the context model (chapter 4)
-against the two parallel passes of the checkerboard models (chapter 7). (Only ``fast`` gets
-faster with training, as its all-zero latent channels are skipped; untrained, it has none.)
+against the two parallel passes of the checkerboard models (chapter 7). (``fast`` also skips
+the latent channels that are all zero, so its time depends on the weights: trained models leave
+more channels at zero, see chapter 7.)
 """
 
 import argparse
