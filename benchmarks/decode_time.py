@@ -9,8 +9,8 @@ decodes than the serial context model (chapter 4), and how many times slower tha
 hyperprior. Coding time hardly depends on the weights, so untrained models measure the cost of
 the architecture: above all, the serial raster-order decoding of the context model (chapter 4)
 against the two parallel passes of the checkerboard models (chapter 7). (``fast`` also skips
-the latent channels that are all zero, so its time depends on the weights: trained models leave
-more channels at zero, see chapter 7.)
+the latent channels that are all zero, so its time depends on the weights: the trained models of
+chapter 7 leave 39 % of them at zero on an eval photo.)
 """
 
 import argparse
