@@ -75,6 +75,10 @@ InitWeights = Union[str, os.PathLike, Mapping[str, Tensor]]
 Teacher = Union[nn.Module, str, os.PathLike]
 
 
+#: fields added after the first checkpoints, with their defaults as :meth:`TrainConfig.to_dict` writes them
+_LATER_FIELDS = {"frozen": [], "distill": {}, "l1": 0.0, "shifts": [[0, 0], [8, 8]]}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a trained model (and so its cache key).
@@ -107,6 +111,10 @@ class TrainConfig:
     seed: int = 0
     images: str | None = None  #: training folder; None: the book's offline photos
     budget: str = ""  #: the budget that chose these settings, part of the cache key
+    #: :func:`lictutor.zoo.fit_entropy_model` only: the pixel offsets ``(dy, dx)`` at which it
+    #: computes each training photo's latents (``g_a`` down-samples by 16, so each offset gives
+    #: other latents); see :data:`lictutor.zoo.GRID_SHIFTS`
+    shifts: tuple = ((0, 0), (8, 8))
 
     def __post_init__(self):
         from lictutor import models
@@ -116,6 +124,11 @@ class TrainConfig:
         if isinstance(self.frozen, str) or not all(isinstance(m, str) and m for m in self.frozen):
             raise LictutorError(f"frozen must be a sequence of module names, got {self.frozen!r}")
         object.__setattr__(self, "frozen", tuple(sorted(set(self.frozen))))
+        pairs = self.shifts if isinstance(self.shifts, (list, tuple)) else ()
+        if not pairs or not all(isinstance(p, (list, tuple)) and len(p) == 2 and
+                                all(type(v) is int and 0 <= v < 16 for v in p) for p in pairs):
+            raise LictutorError(f"shifts must be pixel offsets (dy, dx), integers in [0, 16), got {self.shifts!r}")
+        object.__setattr__(self, "shifts", tuple(tuple(p) for p in pairs))
         if not isinstance(self.distill, Mapping):
             raise LictutorError(f"distill must be a dict of weights, got {self.distill!r}")
         if self.distill:  # defaults filled in: equal weights give equal cache keys
@@ -166,8 +179,8 @@ class TrainConfig:
         """A short hash of the configuration and of the *content* of the warm-start weights
         and of the teacher (:func:`teacher_digest`): the checkpoint cache key."""
         settings = self.to_dict()
-        for name in ("frozen", "distill", "l1"):  # added later: left out at their defaults so older keys still hold
-            if not settings[name]:
+        for name, default in _LATER_FIELDS.items():  # left out at their defaults so older keys still hold
+            if settings[name] == default:
                 del settings[name]
         if init_from is not None:
             settings["init_from"] = weights_digest(_init_state(init_from))

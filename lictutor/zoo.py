@@ -12,12 +12,15 @@ one trained. Settings come from the active :class:`lictutor.budget.Budget`.
 
   1. :func:`fit_entropy_model`: with ``g_a``/``g_s`` frozen, the distortion does not depend
      on any trainable parameter, so the loss is the rate alone, and ``y = g_a(x)`` can be
-     computed once per training photo. The entropy model (``h_a``, ``h_s``, the bottleneck of
-     ``z``, the context model) trains on random crops of those latents, about ten times
-     faster than a full step;
+     computed once per training photo and pixel offset (``TrainConfig.shifts``: chapter 3's
+     two; chapter 4's sixteen, :data:`GRID_SHIFTS`, with which the mean-scale model overfits
+     the 13 training photos a little less). The entropy model (``h_a``, ``h_s``, the bottleneck of ``z``,
+     the context model) trains on random crops of those latents, about ten times faster than
+     a full step;
   2. :func:`lictutor.train.train` fine-tunes everything jointly on ``λ·D + R``.
 
-  The checkerboard models of chapter 7 take the same recipe: ``"checkerboard"`` has chapter
+  The checkerboard models of chapter 7 take the same recipe, with chapter 3's two shifts:
+  ``"checkerboard"`` has chapter
   2's transforms as they are, ``"fast"`` has them with a deformable residual block inserted
   in each, which starts as the identity (:func:`fast_transforms_of`).
 
@@ -44,12 +47,15 @@ from lictutor.train import (
 
 __all__ = [
     "fit_entropy_model", "factorized_models", "hyperprior_models", "hyperprior_stages",
-    "transforms_of", "fast_transforms_of",
+    "transforms_of", "fast_transforms_of", "GRID_SHIFTS",
 ]
 
 TRANSFORMS = ("g_a", "g_s")
 FAST_DRM = {"g_a": 6, "g_s": 2}  #: where FastLIC's transforms hold their deformable residual block
 LATENT_STRIDE = 16  #: down-sampling of g_a in every model here: a crop of 16k pixels is k latents
+#: every fourth pixel offset in each direction: 16 latent variants of each photo (and 16 mirrored)
+#: for :func:`fit_entropy_model`, against the two of the default ``TrainConfig.shifts``
+GRID_SHIFTS = tuple((dy, dx) for dy in range(0, LATENT_STRIDE, 4) for dx in range(0, LATENT_STRIDE, 4))
 
 
 def transforms_of(model: nn.Module) -> dict:
@@ -88,19 +94,19 @@ def fast_transforms_of(model: nn.Module, seed: int = 0) -> dict:
 
 @torch.no_grad()
 def _training_latents(model: nn.Module, config: TrainConfig, device) -> list[torch.Tensor]:
-    """``g_a(x)`` of every training photo, as is and mirrored, each at two pixel phases
-    (0 and 8: ``g_a`` down-samples by 16, so a shifted photo gives other latents). Four
-    variants per photo stand in for the image trainer's random crops and flips."""
+    """``g_a(x)`` of every training photo, as is and mirrored, at each pixel offset of
+    ``config.shifts`` (``g_a`` down-samples by 16, so a shifted photo gives other latents).
+    These variants stand in for the image trainer's random crops and flips."""
     f = model.downsampling_factor
     photos = data.folder_images(config.images) if config.images else data.train_images()
     latents = []
     for name, img in photos:
         for flip in (False, True):
-            for shift in (0, 8):
-                h, w = (img.shape[0] - shift) // f * f, (img.shape[1] - shift) // f * f
+            for dy, dx in config.shifts:
+                h, w = (img.shape[0] - dy) // f * f, (img.shape[1] - dx) // f * f
                 if min(h, w) < config.crop:
                     continue
-                x = data.to_tensor(img[shift:shift + h, shift:shift + w]).unsqueeze(0).to(device)
+                x = data.to_tensor(img[dy:dy + h, dx:dx + w]).unsqueeze(0).to(device)
                 latents.append(model.g_a(x.flip(-1) if flip else x))
     if not latents:
         raise LictutorError(f"no training photo is at least {config.crop}×{config.crop} pixels")
@@ -198,11 +204,15 @@ def factorized_models(budget: Budget, progress: bool = True) -> dict[float, nn.M
     return dict(sorted(out.items()))
 
 
-def hyperprior_stages(budget: Budget, lmbda: float, model: str, **changes) -> tuple[TrainConfig, TrainConfig]:
+def hyperprior_stages(budget: Budget, lmbda: float, model: str, shifts=None,
+                      **changes) -> tuple[TrainConfig, TrainConfig]:
     """The two configurations of :func:`hyperprior_models` at ``lmbda``: the entropy-model
-    fit (half the budget's steps, 16 crops of 256² a step) and the joint fine-tuning (an
-    eighth of the steps at half the peak learning rate). ``changes`` apply to both."""
+    fit (half the budget's steps, 16 crops of 256² a step, latents at the pixel offsets
+    ``shifts``, default ``TrainConfig.shifts``) and the joint fine-tuning (an eighth of the
+    steps at half the peak learning rate). ``changes`` apply to both."""
     fit = dict(steps=max(budget.steps // 2, 1), batch=16, crop=256, frozen=TRANSFORMS)
+    if shifts is not None:
+        fit["shifts"] = shifts
     joint = dict(steps=max(budget.steps // 8, 1), lr=budget.lr / 2)
     fit = budget_config(budget, lmbda, model=model, **{**fit, **changes})
     joint = budget_config(budget, lmbda, model=model, **{**joint, **changes})
@@ -213,8 +223,9 @@ def hyperprior_models(budget: Budget, model: str = "hyperprior", progress: bool 
                       lmbdas=None, **changes) -> dict[float, nn.Module]:
     """``{λ: model}`` of a hyperprior family (``"hyperprior"``, ``"mean-scale"`` or
     ``"context"``) warm-started from :func:`factorized_models` (see the module docstring);
-    ``lmbdas``: only these of the budget's λ. The checkerboard families (``"checkerboard"``,
-    ``"fast"``) train the same way."""
+    ``lmbdas``: only these of the budget's λ; ``changes`` go to :func:`hyperprior_stages`
+    (``shifts=GRID_SHIFTS``: chapter 4's stage 1). The checkerboard families
+    (``"checkerboard"``, ``"fast"``) train the same way."""
     warm_start = fast_transforms_of if model == "fast" else transforms_of
     out = {}
     for lmbda, factorized in factorized_models(budget, progress=progress).items():

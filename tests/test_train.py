@@ -341,6 +341,16 @@ def test_l1_leaves_older_cache_keys_alone():
             TrainConfig(l1=bad)
 
 
+def test_shifts_leave_older_cache_keys_alone():
+    assert TrainConfig().key() == TrainConfig(shifts=[[0, 0], [8, 8]]).key() == "e3b96f5920d47d3f"
+    grid = TrainConfig(shifts=((0, 0), (0, 4)))
+    assert grid.key() != TrainConfig().key() and grid.shifts == ((0, 0), (0, 4))
+    assert TrainConfig.from_dict(json.loads(json.dumps(grid.to_dict()))) == grid
+    for bad in ((), (0, 8), ((0, 16),), ((-1, 0),), ((0.5, 0),), ((True, 0),), "08"):
+        with pytest.raises(LictutorError, match="shifts must be pixel offsets"):
+            TrainConfig(shifts=bad)
+
+
 def test_l1_gradient_is_the_weighted_sign():
     torch.manual_seed(0)
     net = models.create("fast", N=16, M=24).train()

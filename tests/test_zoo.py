@@ -4,7 +4,7 @@ and partial warm starts it relies on."""
 import pytest
 import torch
 
-from lictutor import metrics, models, zoo
+from lictutor import data, metrics, models, zoo
 from lictutor.budget import get_budget
 from lictutor.errors import LictutorError
 from lictutor.train import TrainConfig, train
@@ -118,6 +118,26 @@ def test_fit_entropy_model_caches_and_checks_its_inputs(monkeypatch):
         zoo.fit_entropy_model(TrainConfig(model="hyperprior", steps=2, **TINY), init, progress=False)
     with pytest.raises(LictutorError, match="lacks the transforms"):
         zoo.fit_entropy_model(config, {k: v for k, v in init.items() if k.startswith("g_a.")}, progress=False)
+
+
+def test_training_latents_one_per_photo_flip_and_shift():
+    model = models.create("hyperprior", N=8, M=12)
+    photos = data.train_images()
+    for shifts in (((0, 0), (8, 8)), zoo.GRID_SHIFTS):
+        config = TrainConfig(model="hyperprior", shifts=shifts, **TINY)
+        latents = zoo._training_latents(model, config, "cpu")
+        assert len(latents) == 2 * len(shifts) * len(photos)
+    assert len(set(zoo.GRID_SHIFTS)) == 16
+    # a shift by 4 pixels gives other latents than the unshifted photo, not a translated copy
+    first, second = latents[0], latents[1]
+    assert first.shape[1] == 12 and not torch.allclose(first[..., :8, :8], second[..., :8, :8])
+
+
+def test_hyperprior_stages_give_shifts_to_the_fit_only():
+    budget = get_budget("smoke")
+    fit, joint = zoo.hyperprior_stages(budget, budget.lmbdas[0], "mean-scale", shifts=zoo.GRID_SHIFTS)
+    assert fit.shifts == zoo.GRID_SHIFTS and joint.shifts == TrainConfig().shifts
+    assert fit.key() != zoo.hyperprior_stages(budget, budget.lmbdas[0], "mean-scale")[0].key()
 
 
 def test_hyperprior_models_one_per_lambda_from_the_factorized_transforms():
