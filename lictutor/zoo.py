@@ -14,15 +14,15 @@ one trained. Settings come from the active :class:`lictutor.budget.Budget`.
      on any trainable parameter, so the loss is the rate alone, and ``y = g_a(x)`` can be
      computed once per training photo and pixel offset (``TrainConfig.shifts``: chapter 3's
      two; chapter 4's sixteen, :data:`GRID_SHIFTS`, with which the mean-scale model overfits
-     the 13 training photos a little less). The entropy model (``h_a``, ``h_s``, the bottleneck of ``z``,
-     the context model) trains on random crops of those latents, about ten times faster than
-     a full step;
+     the 13 training photos a little less). The entropy model (``h_a``, ``h_s``, the
+     bottleneck of ``z``, the context model) trains on random crops of those latents, about
+     ten times faster than a full step;
   2. :func:`lictutor.train.train` fine-tunes everything jointly on ``λ·D + R``.
 
   The checkerboard models of chapter 7 take the same recipe, with chapter 3's two shifts:
-  ``"checkerboard"`` has chapter
-  2's transforms as they are, ``"fast"`` has them with a deformable residual block inserted
-  in each, which starts as the identity (:func:`fast_transforms_of`).
+  ``"checkerboard"`` has chapter 2's transforms as they are, ``"fast"`` has them with a
+  deformable residual block inserted in each, which starts as the identity
+  (:func:`fast_transforms_of`).
 
   Every family gets the same two stages with the same steps, so their comparison is fair;
   all of them have had more training than the factorized model they started from.
