@@ -4,8 +4,8 @@ Each function trains through :func:`lictutor.train.train` (or :func:`fit_entropy
 whose cache under ``$LICTUTOR_HOME/checkpoints`` makes a later chapter load what an earlier
 one trained. Settings come from the active :class:`lictutor.budget.Budget`.
 
-* :func:`factorized_models` -- chapter 2: the middle λ trained from scratch, the others
-  warm-started from it for half as many steps.
+* :func:`factorized_models` -- chapter 2: a model trained from scratch at the middle λ, and
+  every λ fine-tuned from it for half as many steps.
 * :func:`hyperprior_models` -- chapters 3–4: a hyperprior-family model per λ (scale,
   mean-scale or context) warm-started from the factorized model's transforms ``g_a``/``g_s``
   at the same λ, in two stages:
@@ -191,17 +191,14 @@ def fit_entropy_model(config: TrainConfig, init_from: InitWeights, *, cache: boo
 
 
 def factorized_models(budget: Budget, progress: bool = True) -> dict[float, nn.Module]:
-    """Chapter 2's factorized priors, ``{λ: model}``: the middle λ from scratch for
-    ``budget.steps``, the others warm-started from it for half as many."""
+    """Chapter 2's factorized priors, ``{λ: model}``: one model trained from scratch at the
+    middle λ for ``budget.steps``, then every λ, the middle one too, fine-tuned from it for
+    half as many, so that each point of the curve has had the same training."""
     lmbdas = sorted(budget.lmbdas)
-    base_lmbda = lmbdas[len(lmbdas) // 2]
-    base, _ = train(budget_config(budget, base_lmbda), progress=progress)
-    out = {base_lmbda: base}
-    for lmbda in lmbdas:
-        if lmbda != base_lmbda:
-            out[lmbda], _ = train(budget_config(budget, lmbda, steps=max(budget.steps // 2, 1)),
-                                  init_from=base.state_dict(), progress=progress)
-    return dict(sorted(out.items()))
+    base, _ = train(budget_config(budget, lmbdas[len(lmbdas) // 2]), progress=progress)
+    return {lmbda: train(budget_config(budget, lmbda, steps=max(budget.steps // 2, 1)),
+                         init_from=base.state_dict(), progress=progress)[0]
+            for lmbda in lmbdas}
 
 
 def hyperprior_stages(budget: Budget, lmbda: float, model: str, shifts=None,

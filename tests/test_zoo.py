@@ -140,6 +140,22 @@ def test_hyperprior_stages_give_shifts_to_the_fit_only():
     assert fit.key() != zoo.hyperprior_stages(budget, budget.lmbdas[0], "mean-scale")[0].key()
 
 
+def test_factorized_models_fine_tune_every_lambda_from_one_model(monkeypatch):
+    budget = get_budget("smoke").with_(steps=4, N=8, M=12, lmbdas=(0.01, 0.02, 0.04))
+    calls = []
+
+    def fake_train(config, init_from=None, progress=True):
+        calls.append((config.lmbda, config.steps, init_from))
+        return models.create("factorized", N=8, M=12), {}
+
+    monkeypatch.setattr(zoo, "train", fake_train)
+    trained = zoo.factorized_models(budget, progress=False)
+    assert sorted(trained) == [0.01, 0.02, 0.04]
+    assert calls[0][:2] == (0.02, 4) and calls[0][2] is None  # the middle λ from scratch
+    assert sorted(c[0] for c in calls[1:]) == [0.01, 0.02, 0.04]  # then every λ, the middle one too
+    assert all(steps == 2 and init is not None for _, steps, init in calls[1:])
+
+
 def test_hyperprior_models_one_per_lambda_from_the_factorized_transforms():
     budget = get_budget("smoke").with_(steps=4, N=8, M=12)
     factorized = zoo.factorized_models(budget, progress=False)
