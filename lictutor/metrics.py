@@ -136,8 +136,9 @@ def _curve(rate, dist, which, min_points):
     return rate, dist
 
 
-def _mean_gap(x_anchor, y_anchor, x_test, y_test, method):
-    """Mean of ``y_test(x) − y_anchor(x)`` over the overlap of the two ``x`` ranges.
+def _mean_gap(x_anchor, y_anchor, x_test, y_test, method, interval=None):
+    """Mean of ``y_test(x) − y_anchor(x)`` over the overlap of the two ``x`` ranges, or over
+    ``interval = (x_L, x_H)``, which must lie inside both.
 
     Each curve ``y(x)`` is interpolated (Akima or PCHIP) or fitted by a cubic polynomial
     (VCEG-M33), then integrated exactly: ``(1 / (x_H − x_L)) ∫ [y_test − y_anchor] dx``.
@@ -149,6 +150,11 @@ def _mean_gap(x_anchor, y_anchor, x_test, y_test, method):
             f"the curves do not overlap: anchor spans [{x_anchor.min():.4g}, {x_anchor.max():.4g}], "
             f"test spans [{x_test.min():.4g}, {x_test.max():.4g}]"
         )
+    if interval is not None:
+        if not (lo <= interval[0] < interval[1] <= hi):
+            raise LictutorError(f"the interval [{interval[0]:.4g}, {interval[1]:.4g}] is not a range inside the one "
+                                f"both curves cover, [{lo:.4g}, {hi:.4g}]")
+        lo, hi = interval
 
     def integral(x, y):
         if method == "cubic":
@@ -170,11 +176,14 @@ def _bd_curves(rate_anchor, dist_anchor, rate_test, dist_test, method):
     )
 
 
-def bd_rate(rate_anchor, dist_anchor, rate_test, dist_test, method="akima"):
+def bd_rate(rate_anchor, dist_anchor, rate_test, dist_test, method="akima", interval=None):
     """Bjøntegaard delta rate in percent: the average rate difference at equal quality.
 
     ``ΔR = exp( (1 / (D_H − D_L)) ∫ [ln R_test(D) − ln R_anchor(D)] dD ) − 1``, over the
-    quality range ``[D_L, D_H]`` both curves cover. Negative means the test codec needs fewer
+    quality range ``[D_L, D_H]`` both curves cover, or over ``interval = (D_L, D_H)`` inside
+    it: one range for several test curves against the same anchor makes their numbers
+    comparable, since each curve's own overlap with the anchor differs (the ratio of two RD
+    curves' rates varies with quality). Negative means the test codec needs fewer
     bits. ``dist_*`` is a quality where higher is better (PSNR in dB, MS-SSIM in dB); the rate
     unit does not matter. ``method`` interpolates ``ln R`` as a function of ``D``:
 
@@ -186,7 +195,7 @@ def bd_rate(rate_anchor, dist_anchor, rate_test, dist_test, method="akima"):
     the number trustworthy), positive rates, and quality rising strictly with rate.
     """
     rate_anchor, dist_anchor, rate_test, dist_test = _bd_curves(rate_anchor, dist_anchor, rate_test, dist_test, method)
-    gap = _mean_gap(dist_anchor, np.log(rate_anchor), dist_test, np.log(rate_test), method)
+    gap = _mean_gap(dist_anchor, np.log(rate_anchor), dist_test, np.log(rate_test), method, interval)
     return (math.exp(gap) - 1) * 100
 
 

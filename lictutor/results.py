@@ -119,13 +119,25 @@ def format_table(results):
     return "\n".join(lines)
 
 
-def bd_rows(curves, anchor_curve, method="akima"):
+def shared_psnr_range(curves):
+    """``(lo, hi)``: the PSNR range every one of ``curves`` covers (for ``bd_rows(psnr_range=)``).
+    ``hi <= lo`` means they share none; :func:`bd_rows` then gives NaN and says so in its note."""
+    if not curves:
+        raise LictutorError("shared_psnr_range needs at least one curve")
+    psnr = [curve["results"]["psnr-rgb"] for curve in curves]
+    return max(min(p) for p in psnr), min(max(p) for p in psnr)
+
+
+def bd_rows(curves, anchor_curve, method="akima", psnr_range=None):
     """BD numbers of each curve against ``anchor_curve``, one dict per curve:
     ``{"name", "bd_rate": %, "bd_psnr": dB, "bd_rate_msssim": %, "note"}``.
 
     BD-rate and BD-PSNR use PSNR; ``bd_rate_msssim`` uses MS-SSIM in dB
     (:func:`lictutor.plot.msssim_db`). A number a pair of curves does not allow (too few
     points, quality not rising with rate, no overlap) is NaN, and ``note`` says why.
+    ``psnr_range=(lo, hi)`` (e.g. :func:`shared_psnr_range`): the BD-rate averages over this
+    PSNR range instead of each curve's own overlap with the anchor, so that rows are comparable;
+    the other two numbers, which have other axes, are then NaN.
     """
     from lictutor.metrics import bd_psnr, bd_rate
     from lictutor.plot import msssim_db
@@ -137,9 +149,10 @@ def bd_rows(curves, anchor_curve, method="akima"):
         row = {"name": curve["name"], "bd_rate": math.nan, "bd_psnr": math.nan,
                "bd_rate_msssim": math.nan, "note": ""}
         try:
-            row["bd_rate"] = bd_rate(a["bpp"], a["psnr-rgb"], r["bpp"], r["psnr-rgb"], method)
-            row["bd_psnr"] = bd_psnr(a["bpp"], a["psnr-rgb"], r["bpp"], r["psnr-rgb"], method)
-            if "ms-ssim-rgb" in a and "ms-ssim-rgb" in r:
+            row["bd_rate"] = bd_rate(a["bpp"], a["psnr-rgb"], r["bpp"], r["psnr-rgb"], method, psnr_range)
+            if psnr_range is None:
+                row["bd_psnr"] = bd_psnr(a["bpp"], a["psnr-rgb"], r["bpp"], r["psnr-rgb"], method)
+            if psnr_range is None and "ms-ssim-rgb" in a and "ms-ssim-rgb" in r:
                 row["bd_rate_msssim"] = bd_rate(a["bpp"], msssim_db(a["ms-ssim-rgb"]),
                                                 r["bpp"], msssim_db(r["ms-ssim-rgb"]), method)
         except LictutorError as err:
@@ -160,4 +173,21 @@ def format_bd_table(rows, anchor_name):
         lines.append(f"{row['name']:<28}{number(row['bd_rate'], '>+9.1f', '%', 10)}"
                      f"{number(row['bd_psnr'], '>+10.2f', '', 10)}{number(row['bd_rate_msssim'], '>+9.1f', '%', 10)}"
                      + (f"   ({row['note']})" if row["note"] else ""))
+    return "\n".join(lines)
+
+
+def format_bd_ranges(curves, anchor_curve, anchor_name, method="akima"):
+    """Each curve's PSNR BD-rate against ``anchor_curve`` over its own overlap with it and over
+    the range all ``curves`` share (:func:`shared_psnr_range`), as a plain-text table. When the
+    curves span different ranges, only the second column ranks them."""
+    shared = shared_psnr_range(curves)
+    own = bd_rows(curves, anchor_curve, method)
+    common = bd_rows(curves, anchor_curve, method, psnr_range=shared)
+    lines = [f"BD-rate against {anchor_name}, over each curve's own PSNR range and over the range all share "
+             f"({shared[0]:.2f}–{shared[1]:.2f} dB):",
+             f"{'codec':<28}{'own range [dB]':>16}{'BD-rate':>9}{'shared range':>14}"]
+    for curve, a, b in zip(curves, own, common):
+        psnr = curve["results"]["psnr-rgb"]
+        lines.append(f"{curve['name']:<28}{min(psnr):>9.2f}–{max(psnr):<6.2f}{a['bd_rate']:>+8.1f}%"
+                     f"{b['bd_rate']:>+13.1f}%" + (f"   ({b['note']})" if b["note"] else ""))
     return "\n".join(lines)

@@ -202,6 +202,21 @@ def test_bd_sanity(method):
     assert bd_rate(0.9 * rate, dist, rate, dist, method) > 0
 
 
+@pytest.mark.parametrize("method", ["akima", "pchip", "cubic"])
+def test_bd_rate_over_an_interval(method):
+    """The test curve's log-rate gap to the anchor grows by 0.02 per dB (zero at 30 dB), so
+    its BD-rate depends on the range it is averaged over: exp(mean gap) − 1."""
+    dist = np.arange(26.0, 38.5, 2.0)
+    rate = np.exp(dist / 3)
+    test = rate * np.exp(0.02 * (dist - 30))
+    assert bd_rate(rate, dist, test, dist, method, interval=(28, 32)) == pytest.approx(0.0, abs=1e-9)
+    assert bd_rate(rate, dist, test, dist, method, interval=(32, 36)) == pytest.approx(100 * math.expm1(0.08), abs=1e-9)
+    assert bd_rate(rate, dist, test, dist, method, interval=(26, 38)) == pytest.approx(bd_rate(rate, dist, test, dist, method))
+    for outside in ((25, 30), (30, 39), (32, 32)):
+        with pytest.raises(LictutorError, match="not a range inside the one both curves cover"):
+            bd_rate(rate, dist, test, dist, method, interval=outside)
+
+
 def test_bd_rejects_bad_curves():
     rate, dist = [0.1, 0.2, 0.4, 0.8], [28.0, 31.0, 34.0, 37.0]
     with pytest.raises(LictutorError, match="at least 4"):

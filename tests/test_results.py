@@ -108,3 +108,45 @@ def test_bd_rows_and_table():
     assert math.isnan(rows[1]["bd_rate"]) and "monotonic" in rows[1]["note"]
     table = format_bd_table(rows, "A")
     assert "-50.0%" in table and "monotonic" in table
+
+
+def test_bd_rows_over_a_shared_psnr_range():
+    from lictutor.metrics import bd_rate
+    from lictutor.results import bd_rows, shared_psnr_range
+
+    anchor = {"name": "A", "results": {"bpp": [0.25, 0.5, 1.0, 2.0, 4.0], "psnr-rgb": [26, 29, 32, 35, 38]}}
+    low = {"name": "low", "results": {"bpp": [0.2, 0.3, 0.8], "psnr-rgb": [27, 30, 33]}}
+    high = {"name": "high", "results": {"bpp": [0.3, 0.5, 0.9], "psnr-rgb": [28, 31, 36]}}
+    assert shared_psnr_range([low, high]) == (28, 33)
+    rows = bd_rows([low, high], anchor, psnr_range=(28, 33))
+    for curve, row in zip((low, high), rows):
+        r = curve["results"]
+        assert row["bd_rate"] == pytest.approx(bd_rate(anchor["results"]["bpp"], anchor["results"]["psnr-rgb"],
+                                                       r["bpp"], r["psnr-rgb"], interval=(28, 33)))
+        assert math.isnan(row["bd_psnr"]) and math.isnan(row["bd_rate_msssim"]) and row["note"] == ""
+    assert rows[0]["bd_rate"] != pytest.approx(bd_rows([low], anchor)[0]["bd_rate"])  # not its own overlap
+    assert "not a range inside" in bd_rows([low], anchor, psnr_range=(26, 30))[0]["note"]
+    far = {"name": "far", "results": {"bpp": [1, 2], "psnr-rgb": [34, 36]}}
+    disjoint = shared_psnr_range([low, far])
+    assert disjoint == (34, 33)
+    row = bd_rows([low], anchor, psnr_range=disjoint)[0]  # no shared range: NaN, and the note says why
+    assert math.isnan(row["bd_rate"]) and "not a range inside" in row["note"]
+    with pytest.raises(LictutorError, match="at least one curve"):
+        shared_psnr_range([])
+
+
+def test_format_bd_ranges_ranks_over_the_shared_range():
+    from lictutor.results import format_bd_ranges
+
+    anchor = {"name": "A", "results": {"bpp": [0.25, 0.5, 1.0, 2.0, 4.0], "psnr-rgb": [26, 29, 32, 35, 38]}}
+    # both curves' lead over the anchor shrinks with PSNR; "low" reaches lower, where the lead
+    # is larger, and "high" is the better codec where both are
+    low = {"name": "low", "results": {"bpp": [0.1, 0.35, 0.9], "psnr-rgb": [27, 30, 33]}}
+    high = {"name": "high", "results": {"bpp": [0.2, 0.35, 0.7, 1.6], "psnr-rgb": [28, 30, 33, 36]}}
+    lines = format_bd_ranges([low, high], anchor, "A").splitlines()
+    assert "(28.00–33.00 dB)" in lines[0]
+    assert [line.split()[:2] for line in lines[2:]] == [["low", "27.00–33.00"], ["high", "28.00–36.00"]]
+    (low_own, low_shared), (high_own, high_shared) = ([float(v.rstrip("%")) for v in line.split()[-2:]]
+                                                      for line in lines[2:])
+    assert low_own < high_own  # over their own ranges "low" looks better ...
+    assert high_shared < low_shared  # ... over the shared one, "high" is
