@@ -120,12 +120,13 @@ def format_table(results):
 
 
 def shared_psnr_range(curves):
-    """``(lo, hi)``: the PSNR range every one of ``curves`` covers (for ``bd_rows(psnr_range=)``).
-    ``hi <= lo`` means they share none; :func:`bd_rows` then gives NaN and says so in its note."""
+    """``(lo, hi)``: the PSNR range every one of ``curves`` covers (for ``bd_rows(psnr_range=)``),
+    NaN points aside. ``hi <= lo`` means they share none, and an anchor that does not cover the
+    range cannot be compared over it; :func:`bd_rows` then gives NaN and says so in its note."""
     if not curves:
         raise LictutorError("shared_psnr_range needs at least one curve")
-    psnr = [curve["results"]["psnr-rgb"] for curve in curves]
-    return max(min(p) for p in psnr), min(max(p) for p in psnr)
+    psnr = [np.asarray(curve["results"]["psnr-rgb"], dtype=np.float64) for curve in curves]
+    return float(max(np.nanmin(p) for p in psnr)), float(min(np.nanmax(p) for p in psnr))
 
 
 def bd_rows(curves, anchor_curve, method="akima", psnr_range=None):
@@ -134,8 +135,8 @@ def bd_rows(curves, anchor_curve, method="akima", psnr_range=None):
 
     BD-rate and BD-PSNR use PSNR; ``bd_rate_msssim`` uses MS-SSIM in dB
     (:func:`lictutor.plot.msssim_db`). A number a pair of curves does not allow (too few
-    points, quality not rising with rate, no overlap) is NaN, and ``note`` says why.
-    ``psnr_range=(lo, hi)`` (e.g. :func:`shared_psnr_range`): the BD-rate averages over this
+    points, quality not rising with rate, no overlap, ``psnr_range`` outside the overlap) is
+    NaN, and ``note`` says why. ``psnr_range=(lo, hi)`` (e.g. :func:`shared_psnr_range`): the BD-rate averages over this
     PSNR range instead of each curve's own overlap with the anchor, so that rows are comparable;
     the other two numbers, which have other axes, are then NaN.
     """
@@ -178,8 +179,10 @@ def format_bd_table(rows, anchor_name):
 
 def format_bd_ranges(curves, anchor_curve, anchor_name, method="akima"):
     """Each curve's PSNR BD-rate against ``anchor_curve`` over its own overlap with it and over
-    the range all ``curves`` share (:func:`shared_psnr_range`), as a plain-text table. When the
-    curves span different ranges, only the second column ranks them."""
+    the range all ``curves`` share (:func:`shared_psnr_range`), as a plain-text table with each
+    curve's PSNR range. When the curves span different ranges, only the second column ranks
+    them: over one range the anchor cancels, ``(1 + a) / (1 + b) − 1`` is the BD-rate of one
+    curve against the other over that range."""
     shared = shared_psnr_range(curves)
     own = bd_rows(curves, anchor_curve, method)
     common = bd_rows(curves, anchor_curve, method, psnr_range=shared)

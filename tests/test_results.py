@@ -114,10 +114,15 @@ def test_bd_rows_over_a_shared_psnr_range():
     from lictutor.metrics import bd_rate
     from lictutor.results import bd_rows, shared_psnr_range
 
-    anchor = {"name": "A", "results": {"bpp": [0.25, 0.5, 1.0, 2.0, 4.0], "psnr-rgb": [26, 29, 32, 35, 38]}}
-    low = {"name": "low", "results": {"bpp": [0.2, 0.3, 0.8], "psnr-rgb": [27, 30, 33]}}
-    high = {"name": "high", "results": {"bpp": [0.3, 0.5, 0.9], "psnr-rgb": [28, 31, 36]}}
+    anchor = {"name": "A", "results": {"bpp": [0.25, 0.5, 1.0, 2.0, 4.0], "psnr-rgb": [26, 29, 32, 35, 38],
+                                       "ms-ssim-rgb": [0.9, 0.94, 0.96, 0.98, 0.99]}}
+    low = {"name": "low", "results": {"bpp": [0.2, 0.3, 0.8], "psnr-rgb": [27, 30, 33],
+                                      "ms-ssim-rgb": [0.92, 0.95, 0.97]}}
+    high = {"name": "high", "results": {"bpp": [0.3, 0.5, 0.9], "psnr-rgb": [28, 31, 36],
+                                        "ms-ssim-rgb": [0.93, 0.96, 0.98]}}
     assert shared_psnr_range([low, high]) == (28, 33)
+    assert shared_psnr_range([low, {"name": "gap", "results": {"psnr-rgb": [float("nan"), 29, 34]}}]) == (29, 33)
+    assert not math.isnan(bd_rows([low], anchor)[0]["bd_rate_msssim"])
     rows = bd_rows([low, high], anchor, psnr_range=(28, 33))
     for curve, row in zip((low, high), rows):
         r = curve["results"]
@@ -125,6 +130,10 @@ def test_bd_rows_over_a_shared_psnr_range():
                                                        r["bpp"], r["psnr-rgb"], interval=(28, 33)))
         assert math.isnan(row["bd_psnr"]) and math.isnan(row["bd_rate_msssim"]) and row["note"] == ""
     assert rows[0]["bd_rate"] != pytest.approx(bd_rows([low], anchor)[0]["bd_rate"])  # not its own overlap
+    # over one range the anchor cancels: the ratio of two rows is one curve's BD-rate against the other
+    direct = bd_rate(high["results"]["bpp"], high["results"]["psnr-rgb"], low["results"]["bpp"],
+                     low["results"]["psnr-rgb"], interval=(28, 33))
+    assert (100 + rows[0]["bd_rate"]) / (100 + rows[1]["bd_rate"]) * 100 - 100 == pytest.approx(direct)
     assert "not a range inside" in bd_rows([low], anchor, psnr_range=(26, 30))[0]["note"]
     far = {"name": "far", "results": {"bpp": [1, 2], "psnr-rgb": [34, 36]}}
     disjoint = shared_psnr_range([low, far])
