@@ -136,9 +136,9 @@ def bd_rows(curves, anchor_curve, method="akima", psnr_range=None):
     BD-rate and BD-PSNR use PSNR; ``bd_rate_msssim`` uses MS-SSIM in dB
     (:func:`lictutor.plot.msssim_db`). A number a pair of curves does not allow (too few
     points, quality not rising with rate, no overlap, ``psnr_range`` outside the overlap) is
-    NaN, and ``note`` says why. ``psnr_range=(lo, hi)`` (e.g. :func:`shared_psnr_range`): the BD-rate averages over this
-    PSNR range instead of each curve's own overlap with the anchor, so that rows are comparable;
-    the other two numbers, which have other axes, are then NaN.
+    NaN, and ``note`` says why. ``psnr_range=(lo, hi)`` (e.g. :func:`shared_psnr_range`): the
+    BD-rate averages over this PSNR range instead of each curve's own overlap with the anchor,
+    so that rows are comparable; the other two numbers, which have other axes, are then NaN.
     """
     from lictutor.metrics import bd_psnr, bd_rate
     from lictutor.plot import msssim_db
@@ -190,7 +190,7 @@ def format_bd_ranges(curves, anchor_curve, anchor_name, method="akima"):
              f"({shared[0]:.2f}–{shared[1]:.2f} dB):",
              f"{'codec':<28}{'own range [dB]':>16}{'BD-rate':>9}{'shared range':>14}"]
     for curve, a, b in zip(curves, own, common):
-        psnr = curve["results"]["psnr-rgb"]
-        lines.append(f"{curve['name']:<28}{min(psnr):>9.2f}–{max(psnr):<6.2f}{a['bd_rate']:>+8.1f}%"
+        psnr = np.asarray(curve["results"]["psnr-rgb"], dtype=np.float64)
+        lines.append(f"{curve['name']:<28}{np.nanmin(psnr):>9.2f}–{np.nanmax(psnr):<6.2f}{a['bd_rate']:>+8.1f}%"
                      f"{b['bd_rate']:>+13.1f}%" + (f"   ({b['note']})" if b["note"] else ""))
     return "\n".join(lines)
