@@ -24,7 +24,8 @@ from compressai.losses import RateDistortionLoss as CompressAILoss
 from compressai.models import FactorizedPrior as CompressAIFactorizedPrior
 
 from lictutor import data, models
-from lictutor.train import TrainConfig, train
+from lictutor.config import TrainConfig
+from lictutor.train import train
 
 LMBDA, LR, AUX_LR, CLIP = 0.0067, 1e-4, 1e-3, 1.0
 

@@ -1,9 +1,8 @@
 """lictutor: learned image compression and knowledge distillation, built to be taught.
 
-Importing the package is cheap; heavy dependencies (torch, Pillow, CompressAI) load
-inside the submodules that need them::
-
-    from lictutor import budget, data, metrics, codecs, plot
+Importing the package is cheap; each module loads the heavy dependencies it needs (torch,
+Pillow, CompressAI) when it is imported itself, e.g. ``from lictutor import data, metrics``.
+The README's module table says what lives where.
 """
 
 from lictutor.errors import LictutorError

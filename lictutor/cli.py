@@ -3,21 +3,23 @@
 Subcommands: ``baselines`` (classical codecs), ``train``, ``compress``, ``decompress`` and
 ``eval`` (learned codecs, real ``.lic`` bitstreams). Every error -- bad arguments included --
 prints one line ``lictutor: error: ...`` to stderr and exits with status 1.
+
+Each subcommand imports the modules it needs when it runs: they load PyTorch, CompressAI and
+Pillow's codecs, seconds that ``lictutor --help`` or a mistyped argument should not wait for.
+Nothing imports this module, so these deferred imports cannot hide an import circle.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
-import warnings
 from pathlib import Path
 
 from lictutor.errors import LictutorError
 
 
 def _baselines(args) -> None:
-    from lictutor import codecs, data, results
+    from lictutor import codecs, results  # deferred: see the module docstring
 
     names = codecs.available_codecs() if args.codecs is None else _split(args.codecs)
     for name in names:
@@ -32,22 +34,12 @@ def _baselines(args) -> None:
 
 
 def _train(args) -> None:
-    from lictutor import budget, models, train
+    from lictutor import budget, train  # deferred: see the module docstring
+    from lictutor.config import budget_config  # deferred: see the module docstring
 
     b = budget.get_budget(args.budget)
-    known = models.MODELS.get(args.model)  # TrainConfig reports an unknown name
-    accepted = inspect.signature(known).parameters if known else ()
-    config = train.TrainConfig(
-        model=args.model,
-        model_args={k: v for k, v in {"N": b.N, "M": b.M}.items() if k in accepted},
-        lmbda=args.lmbda,
-        steps=b.steps if args.steps is None else args.steps,
-        batch=b.batch,
-        crop=b.crop,
-        lr=b.lr,
-        images=args.images,
-        budget=b.name,
-    )
+    changes = {} if args.steps is None else {"steps": args.steps}
+    config = budget_config(b, args.lmbda, model=args.model, images=args.images, **changes)
     print(f"training {config.model} {config.model_args}, λ = {config.lmbda}, "
           f"{config.steps} steps (budget {b.name})")
     _, ckpt = train.train(config, out=args.out, progress=not args.quiet)
@@ -55,9 +47,10 @@ def _train(args) -> None:
 
 
 def _compress(args) -> None:
-    from lictutor import bitstream, data, evaluate, metrics, train
+    from lictutor import bitstream, data, evaluate, metrics  # deferred: see the module docstring
+    from lictutor.checkpoint import load_checkpoint  # deferred: see the module docstring
 
-    model, ckpt = train.load_checkpoint(args.checkpoint)
+    model, ckpt = load_checkpoint(args.checkpoint)
     img = data.load_image(args.input)
     blob = evaluate.compress_image(model, img, ckpt["model"])
     Path(args.output).write_bytes(blob)
@@ -67,16 +60,17 @@ def _compress(args) -> None:
 
 
 def _decompress(args) -> None:
-    from lictutor import data, evaluate, train
+    from lictutor import data, evaluate  # deferred: see the module docstring
+    from lictutor.checkpoint import load_checkpoint  # deferred: see the module docstring
 
-    model, ckpt = train.load_checkpoint(args.checkpoint)
+    model, ckpt = load_checkpoint(args.checkpoint)
     img = evaluate.decompress_image(model, Path(args.input).read_bytes(), ckpt["model"])
     data.save_image(img, args.output)
     print(f"wrote {args.output}: {img.shape[1]}×{img.shape[0]}")
 
 
 def _eval(args) -> None:
-    from lictutor import evaluate, results
+    from lictutor import evaluate, results  # deferred: see the module docstring
 
     images = _images(args)
     print(f"{len(images)} images from {args.images}; {len(args.checkpoint)} checkpoint(s)")
@@ -88,7 +82,7 @@ def _eval(args) -> None:
 
 
 def _images(args):
-    from lictutor import data
+    from lictutor import data  # deferred: see the module docstring
 
     images = data.folder_images(args.images)
     return images[: args.max_images] if args.max_images else images
@@ -144,24 +138,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, metavar="N", help="override the budget's number of steps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = command(
-        "compress", _compress,
-        "code an image to a .lic file with a trained model",
-        "Code an image (any size; grayscale and transparent images become RGB) to a .lic file.",
-    )
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint written by 'lictutor train'")
-    p.add_argument("input", metavar="IN.png", help="image to code")
-    p.add_argument("output", metavar="OUT.lic", help="file to write")
+    def coding_command(name, run, help, description, checkpoint, files):
+        p = command(name, run, help, description)
+        p.add_argument("--checkpoint", required=True, metavar="CKPT", help=checkpoint)
+        for role, (metavar, text) in zip(("input", "output"), files):
+            p.add_argument(role, metavar=metavar, help=text)
 
-    p = command(
-        "decompress", _decompress,
-        "decode a .lic file to a PNG",
-        "Decode a .lic file with the checkpoint that wrote it; the file is checked "
-        "(format, model, weights, CRC) before decoding.",
-    )
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="the checkpoint that wrote the file")
-    p.add_argument("input", metavar="IN.lic", help="file to decode")
-    p.add_argument("output", metavar="OUT.png", help="PNG to write")
+    coding_command("compress", _compress, "code an image to a .lic file with a trained model",
+                   "Code an image (any size; grayscale and transparent images become RGB) to a .lic file.",
+                   "a checkpoint written by 'lictutor train'", [("IN.png", "image to code"), ("OUT.lic", "file to write")])
+    coding_command("decompress", _decompress, "decode a .lic file to a PNG",
+                   "Decode a .lic file with the checkpoint that wrote it; the file is checked (format, model, "
+                   "weights, CRC) before decoding.", "the checkpoint that wrote the file",
+                   [("IN.lic", "file to decode"), ("OUT.png", "PNG to write")])
 
     p = command(
         "eval", _eval,
@@ -176,8 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # CompressAI's import triggers PyTorch's deprecation notice of torch.jit.script: noise here.
-    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
     try:
         args = build_parser().parse_args(argv)
         args.run(args)

@@ -24,19 +24,19 @@ Use :func:`evaluate_codec` for a rate–distortion curve in CompressAI's JSON sc
 """
 
 import io
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from importlib.metadata import version
 
 import numpy as np
 import PIL
 import pillow_heif
 from PIL import Image, features
-from tqdm import tqdm  # plain text bars: they render in terminals, notebooks and the built book
 
+from lictutor.curves import by_rate, mean_over_images, measure
 from lictutor.errors import LictutorError
-from lictutor.metrics import MS_SSIM_MIN_SIDE, bpp_from_bytes, ms_ssim, psnr
+from lictutor.metrics import bpp_from_bytes
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,10 @@ def _heif_save(im, f, q):
     pillow_heif.encode(im.mode, im.size, im.tobytes(), f, quality=q, chroma=444)
 
 
+def _jpeg2000_save(im, f, q):
+    im.save(f, "JPEG2000", quality_mode="rates", quality_layers=[q], irreversible=True, mct=1, no_jp2=True)
+
+
 _PILLOW = f"Pillow {PIL.__version__}"
 _LIBJPEG = (
     f"libjpeg-turbo {features.version_feature('libjpeg_turbo')}"
@@ -102,82 +106,40 @@ _LIBJPEG = (
 )
 _HEIF = pillow_heif.libheif_info()
 
-CODECS = {
-    c.name: c
-    for c in [
-        Codec(
-            name="jpeg",
-            label="JPEG",
-            library=f"{_PILLOW}, {_LIBJPEG}",
-            settings="quality q, Pillow defaults (4:2:0 chroma)",
-            qualities=(5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90),
-            quality_range=(1, 95),
-            save=lambda im, f, q: im.save(f, "JPEG", quality=q),
-            load=_pillow_loader("JPEG"),
-        ),
-        Codec(
-            name="jpeg2000",
-            label="JPEG2000",
-            library=f"{_PILLOW}, OpenJPEG {features.version('jpg_2000')}",
-            settings="compression ratio q, 9/7 irreversible wavelet, mct=1, J2K codestream",
-            qualities=(400, 240, 160, 120, 80, 48, 32, 24, 16, 12),
-            quality_range=(2, 1000),
-            save=lambda im, f, q: im.save(
-                f, "JPEG2000", quality_mode="rates", quality_layers=[q], irreversible=True, mct=1, no_jp2=True
-            ),
-            load=_pillow_loader("JPEG2000"),
-        ),
-        Codec(
-            name="webp",
-            label="WebP",
-            library=f"{_PILLOW}, libwebp {features.version('webp')}",
-            settings="quality q, method=6",
-            qualities=(0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95),
-            quality_range=(0, 100),
-            save=lambda im, f, q: im.save(f, "WEBP", quality=q, method=6),
-            load=_pillow_loader("WEBP"),
-        ),
-        Codec(
-            name="avif",
-            label="AVIF",
-            library=f"{_PILLOW}, libavif {features.version('avif')}",
-            settings="quality q, 4:4:4 chroma, speed=6",
-            qualities=(5, 15, 25, 35, 45, 55, 65, 75, 85, 90),
-            quality_range=(0, 100),
-            save=lambda im, f, q: im.save(f, "AVIF", quality=q, speed=6, subsampling="4:4:4"),
-            load=_pillow_loader("AVIF"),
-        ),
-        Codec(
-            name="hevc",
-            label="HEVC (HEIF)",
-            library=f"pillow-heif {pillow_heif.__version__}, libheif {_HEIF['libheif']}, "
-            f"{_HEIF['encoders'].get('x265', 'x265')}",
-            settings="quality q, 4:4:4 chroma",
-            qualities=(5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 65),
-            quality_range=(0, 100),
-            save=_heif_save,
-            load=_heif_load,
-        ),
-    ]
-}
+#: the codecs this installation runs, by name
+CODECS = {c.name: c for c in [
+    Codec(name="jpeg", label="JPEG", library=f"{_PILLOW}, {_LIBJPEG}",
+          settings="quality q, Pillow defaults (4:2:0 chroma)", quality_range=(1, 95),
+          qualities=(5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90),
+          save=lambda im, f, q: im.save(f, "JPEG", quality=q), load=_pillow_loader("JPEG")),
+    Codec(name="jpeg2000", label="JPEG2000", library=f"{_PILLOW}, OpenJPEG {features.version('jpg_2000')}",
+          settings="compression ratio q, 9/7 irreversible wavelet, mct=1, J2K codestream",
+          qualities=(400, 240, 160, 120, 80, 48, 32, 24, 16, 12), quality_range=(2, 1000),
+          save=_jpeg2000_save, load=_pillow_loader("JPEG2000")),
+    Codec(name="webp", label="WebP", library=f"{_PILLOW}, libwebp {features.version('webp')}",
+          settings="quality q, method=6", quality_range=(0, 100),
+          qualities=(0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95),
+          save=lambda im, f, q: im.save(f, "WEBP", quality=q, method=6), load=_pillow_loader("WEBP")),
+    Codec(name="avif", label="AVIF", library=f"{_PILLOW}, libavif {features.version('avif')}",
+          settings="quality q, 4:4:4 chroma, speed=6", qualities=(5, 15, 25, 35, 45, 55, 65, 75, 85, 90),
+          quality_range=(0, 100), load=_pillow_loader("AVIF"),
+          save=lambda im, f, q: im.save(f, "AVIF", quality=q, speed=6, subsampling="4:4:4")),
+    Codec(name="hevc", label="HEVC (HEIF)", settings="quality q, 4:4:4 chroma",
+          library=f"pillow-heif {pillow_heif.__version__}, libheif {_HEIF['libheif']}, "
+                  f"{_HEIF['encoders'].get('x265', 'x265')}", quality_range=(0, 100),
+          qualities=(5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 65), save=_heif_save, load=_heif_load),
+]}
 
 try:
     import pillow_jxl  # noqa: F401  (importing it registers the "JXL" format with Pillow)
 except ImportError:
     pass
 else:
-    from importlib.metadata import version
-
     CODECS["jxl"] = Codec(
-        name="jxl",
-        label="JPEG XL",
-        library=f"{_PILLOW}, pillow-jxl-plugin {version('pillow-jxl-plugin')}",
-        settings="quality q, effort=7",
-        qualities=(0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95),
+        name="jxl", label="JPEG XL", library=f"{_PILLOW}, pillow-jxl-plugin {version('pillow-jxl-plugin')}",
+        settings="quality q, effort=7", qualities=(0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95),
         quality_range=(0, 99),  # libjxl rejects 100 unless lossless
-        save=lambda im, f, q: im.save(f, "JXL", quality=q, effort=7),
-        load=_pillow_loader("JXL"),
-    )
+        save=lambda im, f, q: im.save(f, "JXL", quality=q, effort=7), load=_pillow_loader("JXL"))
 
 
 def available_codecs():
@@ -196,12 +158,13 @@ def evaluate_codec(name, images, qualities=None, points=None, progress=True, per
     """Rate–distortion curve of a codec on ``images``, in CompressAI's eval JSON schema.
 
     ``images`` is a list of ``(name, uint8 H×W×3 array)`` pairs. Every image is encoded at
-    every quality; bpp comes from the real bytes, PSNR and MS-SSIM from the decoded image,
-    and times (seconds) from the wall clock. Each point is the mean over images, and points
-    are sorted by bpp. Images under 161 px on a side get MS-SSIM ``NaN`` and are left out of
-    its mean. ``per_image=True`` adds ``"per_image": {image: {metric: [...]}}`` in the same
-    point order. ``points`` keeps that many of the qualities, evenly spread from the lowest
-    to the highest (a budget's ``codec_points``).
+    every quality (:func:`lictutor.curves.measure`); bpp comes from the real bytes, PSNR and
+    MS-SSIM from the decoded image, and times (seconds) from the wall clock. Each point is the
+    mean over images, and points are sorted by bpp. Images under 161 px on a side get MS-SSIM
+    ``NaN`` and are left out of its mean. ``per_image=True`` adds
+    ``"per_image": {image: {metric: [...]}}`` in the same point order. ``points`` keeps that
+    many of the qualities, evenly spread from the lowest to the highest (a budget's
+    ``codec_points``).
     """
     codec = get_codec(name)
     qualities = list(codec.qualities if qualities is None else qualities)
@@ -209,47 +172,18 @@ def evaluate_codec(name, images, qualities=None, points=None, progress=True, per
         if points < 2:
             raise LictutorError(f"a rate–distortion curve needs at least 2 points, got points={points}")
         qualities = [qualities[round(i)] for i in np.linspace(0, len(qualities) - 1, points)]
-    if not images:
-        raise LictutorError("evaluate_codec needs at least one image")
+    coders = [(partial(codec.encode, quality=q), codec.decode) for q in qualities]
+    values = measure(coders, images, desc=codec.label, progress=progress)
     keys = ("psnr-rgb", "ms-ssim-rgb", "bpp", "encoding_time", "decoding_time")
-    values = {img_name: {k: [] for k in keys} for img_name, _ in images}
-
-    bar = tqdm(total=len(qualities) * len(images), desc=codec.label, disable=not progress)
-    for quality in qualities:
-        for img_name, img in images:
-            start = time.perf_counter()
-            data = codec.encode(img, quality)
-            encoded = time.perf_counter()
-            rec = codec.decode(data)
-            decoded = time.perf_counter()
-            small = min(img.shape[:2]) < MS_SSIM_MIN_SIDE
-            v = values[img_name]
-            v["psnr-rgb"].append(psnr(img, rec))
-            v["ms-ssim-rgb"].append(math.nan if small else ms_ssim(img, rec))
-            v["bpp"].append(bpp_from_bytes(len(data), *img.shape[:2]))
-            v["encoding_time"].append(encoded - start)
-            v["decoding_time"].append(decoded - encoded)
-            bar.update()
-    bar.close()
-
-    def mean(k, i):
-        finite = [v[k][i] for v in values.values() if not math.isnan(v[k][i])]
-        return float(np.mean(finite)) if finite else math.nan
-
-    results = {k: [mean(k, i) for i in range(len(qualities))] for k in keys}
-    results["quality"] = qualities
-    order = np.argsort(results["bpp"], kind="stable")
-
-    def by_rate(xs):
-        return [xs[i] for i in order]
-
+    results = {k: mean_over_images(values[k]).tolist() for k in keys}
     out = {
         "name": codec.label,
         "description": f"{codec.label}. {codec.library}; {codec.settings}",
-        "results": {k: by_rate(v) for k, v in results.items()},
+        "results": by_rate({**results, "quality": qualities}),
     }
     if per_image:
-        out["per_image"] = {n: {k: by_rate(v[k]) for k in keys} for n, v in values.items()}
+        order = np.argsort(results["bpp"], kind="stable")  # as by_rate sorts the points
+        out["per_image"] = {n: {k: values[k][order, j].tolist() for k in keys} for j, (n, _) in enumerate(images)}
     return out
 
 

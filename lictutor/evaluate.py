@@ -20,33 +20,24 @@ while decoding -- a damaged, truncated or forged file -- raises :class:`Lictutor
 
 from __future__ import annotations
 
-import math
 import os
-import time
+from functools import partial
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
-from tqdm import tqdm  # plain text bars: they render in terminals, notebooks and the built book
 
 from lictutor import bitstream
-from lictutor.data import to_tensor, to_uint8
-from lictutor.entropy import EntropyModel
+from lictutor.checkpoint import load_checkpoint, weights_digest
+from lictutor.curves import by_rate, mean_over_images, measure
+from lictutor.entropy import update_stale_tables
 from lictutor.errors import LictutorError
-from lictutor.metrics import MS_SSIM_MIN_SIDE, bpp_from_bytes, ms_ssim, psnr
+from lictutor.images import pad, to_tensor, to_uint8  # pad re-exported: chapters use it from here
 
-__all__ = ["compress_image", "decompress_image", "evaluate_model", "pad", "latent_shape"]
+__all__ = ["compress_image", "decompress_image", "evaluate_model", "latent_shape"]
 
 #: prefixes of the state-dict entries only the encoder uses (left out of the config hash)
 _ENCODER_ONLY = ("g_a.", "h_a.")
-
-
-def pad(x: torch.Tensor, stride: int) -> torch.Tensor:
-    """Pad a (B, C, H, W) tensor on the bottom and right to multiples of ``stride`` by
-    repeating its edge (cheaper to code than a black border)."""
-    h, w = x.shape[-2:]
-    return F.pad(x, (0, -w % stride, 0, -h % stride), mode="replicate")
 
 
 def latent_shape(height: int, width: int, stride: int) -> tuple[int, int]:
@@ -59,7 +50,7 @@ def compress_image(model, img: np.ndarray, model_name: str) -> bytes:
     """The bytes of a ``.lic`` file holding ``img`` (``uint8`` H×W×3) coded by ``model``.
 
     ``model_name`` is its name in :data:`lictutor.models.MODELS` (a checkpoint's ``"model"``).
-    Stale CDF tables are rebuilt first (see :mod:`lictutor.entropy`).
+    Stale CDF tables are rebuilt first (see :mod:`lictutor.entropy.base`).
     """
     x = to_tensor(img)[None]  # checks the image
     height, width = img.shape[:2]
@@ -113,57 +104,30 @@ def evaluate_model(models, images, name: str | None = None, progress: bool = Tru
 
     ``models``: a checkpoint path, a ``(model, model_name)`` pair, or a list of these, one
     rate point each (e.g. one checkpoint per λ). ``images``: ``(name, uint8 H×W×3)`` pairs.
-    Every image is coded to a real ``.lic`` file and decoded: ``bpp`` counts the whole file,
-    ``header_bytes`` the container's share of it; ``psnr-rgb`` and ``ms-ssim-rgb`` compare the
-    decoded image; ``encoding_time`` and ``decoding_time`` are wall-clock seconds. Each point
-    is the mean over images (MS-SSIM over those at least 161 px on a side) and points are
-    sorted by bpp.
+    Every image is coded to a real ``.lic`` file and decoded (:func:`lictutor.curves.measure`):
+    ``bpp`` counts the whole file, ``header_bytes`` the container's share of it; ``psnr-rgb``
+    and ``ms-ssim-rgb`` compare the decoded image; ``encoding_time`` and ``decoding_time`` are
+    wall-clock seconds. Each point is the mean over images (MS-SSIM over those at least 161 px
+    on a side) and points are sorted by bpp.
     """
     models = [_load(m) for m in (models if isinstance(models, list) else [models])]
     if not models or not images:
         raise LictutorError("evaluate_model needs at least one model and one image")
+    coders = [(partial(compress_image, model, model_name=model_name),
+               partial(decompress_image, model, model_name=model_name)) for model, model_name in models]
+    values = measure(coders, images, desc="evaluate", progress=progress,
+                     extras={"header_bytes": lambda data: bitstream.overhead(bitstream.unpack(data))})
     keys = ("bpp", "header_bytes", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time")
-    points = []
-    bar = tqdm(total=len(models) * len(images), desc="evaluate", disable=not progress)
-    for model, model_name in models:
-        rows = []
-        for _, img in images:
-            start = time.perf_counter()
-            data = compress_image(model, img, model_name)
-            encoded = time.perf_counter()
-            rec = decompress_image(model, data, model_name)
-            decoded = time.perf_counter()
-            small = min(img.shape[:2]) < MS_SSIM_MIN_SIDE
-            rows.append([
-                bpp_from_bytes(len(data), *img.shape[:2]),
-                bitstream.overhead(bitstream.unpack(data)),
-                psnr(img, rec),
-                math.nan if small else ms_ssim(img, rec),
-                encoded - start,
-                decoded - encoded,
-            ])
-            bar.update()
-        points.append([_mean(column) for column in np.array(rows, dtype=float).T])
-    bar.close()
-    points.sort(key=lambda p: p[0])
     names = sorted({model_name for _, model_name in models})
     return {
         "name": name or f"lictutor {'/'.join(names)}",
         "description": f"{', '.join(names)}; real .lic bitstreams, {len(images)} images",
-        "results": {k: [p[i] for p in points] for i, k in enumerate(keys)},
+        "results": by_rate({k: mean_over_images(values[k]).tolist() for k in keys}),
     }
-
-
-def _mean(values: np.ndarray) -> float:
-    """Mean of the values that are not NaN (NaN if none is)."""
-    values = values[~np.isnan(values)]
-    return float(values.mean()) if values.size else math.nan
 
 
 def _load(item):
     """``(model, model_name)`` from a checkpoint path or such a pair."""
-    from lictutor.train import load_checkpoint
-
     if isinstance(item, (str, os.PathLike)):
         model, ckpt = load_checkpoint(item)
         return model, ckpt["model"]
@@ -174,11 +138,7 @@ def _load(item):
 
 def _prepare(model, model_name: str) -> bytes:
     """Rebuild stale CDF tables, then hash the decoder's configuration and weights."""
-    from lictutor.train import weights_digest
-
-    for module in model.modules():
-        if isinstance(module, EntropyModel) and module.tables_stale():
-            module.update(force=True)
+    update_stale_tables(model)
     decoder = {k: v for k, v in model.state_dict().items() if not k.startswith(_ENCODER_ONLY)}
     return bitstream.config_hash({"model": model_name, "decoder": weights_digest(decoder)})
 

@@ -1,7 +1,8 @@
 """Image quality, rate and rate–distortion comparison metrics.
 
 - :func:`psnr`, :func:`ms_ssim`: distortion between an image and its reconstruction,
-  computed like CompressAI's ``psnr-rgb`` and ``ms-ssim-rgb``.
+  computed like CompressAI's ``psnr-rgb`` and ``ms-ssim-rgb``; :func:`msssim_db` puts MS-SSIM
+  on a decibel scale.
 - :func:`nlp_distance`: the normalized Laplacian pyramid distance, a perceptual metric that
   is also a training loss.
 - :func:`bpp_from_bytes`, :func:`bpp_from_likelihoods`: rate in bits per pixel, from a real
@@ -21,6 +22,7 @@ from pytorch_msssim import ms_ssim as _ms_ssim
 from scipy.interpolate import Akima1DInterpolator, PchipInterpolator
 
 from lictutor.errors import LictutorError
+from lictutor.images import as_batch
 
 MS_SSIM_MIN_SIDE = 161  # 5 scales, 11×11 window: the smallest side must exceed (11 - 1) · 2⁴
 BD_METHODS = ("akima", "pchip", "cubic")
@@ -57,23 +59,9 @@ def psnr(a, b, peak=None):
     return values.mean().item()
 
 
-def _as_nchw(x):
-    """Return an image or batch as an ``N×3×H×W`` float tensor on the 0–1 scale."""
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.array(x))  # a copy: decoded images may be read-only views
-        x = x.permute(2, 0, 1) if x.dim() == 3 else x.permute(0, 3, 1, 2)  # channel-last → first
-    if not isinstance(x, torch.Tensor):
-        raise LictutorError(f"expected a NumPy array or a torch tensor, got {type(x).__name__}")
-    if x.dim() == 3:
-        x = x.unsqueeze(0)
-    if x.dim() != 4 or x.shape[1] != 3:
-        raise LictutorError(f"expected an H×W×3 array or a 3×H×W / N×3×H×W tensor, got shape {tuple(x.shape)}")
-    return x.float() / 255 if x.dtype == torch.uint8 else x.float()
-
-
 def _image_pair(a, b, metric, min_side, why):
     """``a`` and ``b`` as N×3×H×W tensors of one shape, each side at least ``min_side``."""
-    x, y = _as_nchw(a), _as_nchw(b)
+    x, y = as_batch(a), as_batch(b)
     if x.shape != y.shape:
         raise LictutorError(f"{metric} needs images of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     if min(x.shape[-2:]) < min_side:
@@ -95,6 +83,15 @@ def ms_ssim(a, b):
     x, y = _image_pair(a, b, "ms_ssim", MS_SSIM_MIN_SIDE, "5 scales of an 11×11 window")
     value = _ms_ssim(x, y, data_range=1.0)
     return value.item() if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) else value
+
+
+def msssim_db(value):
+    """MS-SSIM on a decibel scale, :math:`-10 \\log_{10}(1 - \\text{MS-SSIM})`.
+
+    Spreads out the values near 1 where codecs differ, as CompressAI's plots do.
+    """
+    value = np.asarray(value, dtype=float)
+    return -10 * np.log10(np.clip(1 - value, 1e-12, None))
 
 
 def bpp_from_bytes(num_bytes, height, width):

@@ -12,7 +12,9 @@ from typing import Iterable, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-__all__ = ["rd_plot", "rd_figure", "show_crops", "conditional_histogram", "msssim_db", "style_for"]
+from lictutor.metrics import msssim_db
+
+__all__ = ["rd_plot", "rd_figure", "show_crops", "conditional_histogram", "style_for"]
 
 # Fixed colours and markers, so that a codec looks the same in every chapter.
 _STYLES = {
@@ -33,15 +35,6 @@ METRIC_LABELS = {
     "psnr-rgb": "PSNR (RGB) [dB]",
     "ms-ssim-rgb": "MS-SSIM [dB]",
 }
-
-
-def msssim_db(value):
-    """MS-SSIM on a decibel scale, :math:`-10 \\log_{10}(1 - \\text{MS-SSIM})`.
-
-    Spreads out the values near 1 where codecs differ, as CompressAI's plots do.
-    """
-    value = np.asarray(value, dtype=float)
-    return -10 * np.log10(np.clip(1 - value, 1e-12, None))
 
 
 def style_for(name: str, index: int = 0) -> tuple[str, str]:

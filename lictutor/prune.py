@@ -47,6 +47,8 @@ import torch.nn as nn
 from torch import Tensor
 
 from lictutor.errors import LictutorError
+from lictutor.images import as_batch, pad
+from lictutor.losses import RateDistortionLoss
 
 __all__ = ["removable_blocks", "rd_loss", "rank_decoder_blocks", "remove_blocks", "remove_blocks_"]
 
@@ -155,24 +157,24 @@ def remove_blocks(model: nn.Module, names: Iterable[str]) -> nn.Module:
 
 
 def _images(images) -> List[Tensor]:
-    """``images`` as a list of (1, 3, H, W) float tensors in [0, 1]."""
-    from lictutor.data import to_tensor
-
-    if isinstance(images, Tensor):
-        images = [images] if images.dim() == 3 else list(images.unbind(0)) if images.dim() == 4 else None
-        if images is None:
-            raise LictutorError("images: expected a (B, 3, H, W) or (3, H, W) tensor")
+    """``images`` as a list of (1, 3, H, W) float tensors in [0, 1], from a float batch tensor
+    or a list of ``uint8`` H×W×3 arrays, ``(name, array)`` pairs (as
+    :func:`lictutor.data.eval_images` gives) or float (3, H, W) or (1, 3, H, W) tensors
+    (:func:`lictutor.images.as_batch`)."""
+    items = list(images.unbind(0)) if isinstance(images, Tensor) and images.dim() == 4 else images
+    items = [items] if isinstance(items, Tensor) else items
     out = []
-    for item in images:
-        if isinstance(item, tuple) and len(item) == 2:  # (name, image) pairs, as data.eval_images()
-            item = item[1]
-        if isinstance(item, np.ndarray):
-            item = to_tensor(item)
-        if not (isinstance(item, Tensor) and item.is_floating_point() and item.dim() in (3, 4)
-                and item.shape[-3] == 3 and (item.dim() == 3 or item.size(0) == 1)):
+    for item in items:
+        item = item[1] if isinstance(item, tuple) and len(item) == 2 else item
+        if not ((isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim == 3)
+                or (isinstance(item, Tensor) and item.is_floating_point()
+                    and (item.dim() == 3 or (item.dim() == 4 and item.size(0) == 1)))):
             raise LictutorError("images: expected uint8 H×W×3 arrays, (name, array) pairs or float "
-                                "(3, H, W) tensors in [0, 1]")
-        out.append(item.reshape(1, *item.shape[-3:]))
+                                "(3, H, W) or (1, 3, H, W) tensors in [0, 1]")
+        try:
+            out.append(as_batch(item))
+        except LictutorError as err:
+            raise LictutorError(f"images: {err}") from None
     if not out:
         raise LictutorError("images: need at least one image")
     return out
@@ -181,13 +183,10 @@ def _images(images) -> List[Tensor]:
 @torch.no_grad()
 def rd_loss(model: nn.Module, images, lmbda: float, distortion: str = "mse") -> dict:
     """The mean over ``images`` of the trainer's loss ``λ · D + bpp``
-    (:class:`lictutor.train.RateDistortionLoss`) and its parts (``loss``, ``bpp``, ``mse``,
+    (:class:`lictutor.losses.RateDistortionLoss`) and its parts (``loss``, ``bpp``, ``mse``,
     ``psnr``), from the model's forward pass in evaluation mode (rounded latents; bpp from the
     likelihoods of the padded image, per pixel of the original; ``x̂`` cropped back and
     clamped to [0, 1]). The model's mode is restored afterwards."""
-    from lictutor.evaluate import pad
-    from lictutor.train import RateDistortionLoss
-
     criterion = RateDistortionLoss(lmbda, distortion)
     images = _images(images)
     param = next(model.parameters())

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from lictutor.errors import LictutorError
+from lictutor.metrics import bd_psnr, bd_rate, msssim_db
 
 _ANCHORS = files("lictutor") / "anchors"
 
@@ -134,15 +135,12 @@ def bd_rows(curves, anchor_curve, method="akima", psnr_range=None):
     ``{"name", "bd_rate": %, "bd_psnr": dB, "bd_rate_msssim": %, "note"}``.
 
     BD-rate and BD-PSNR use PSNR; ``bd_rate_msssim`` uses MS-SSIM in dB
-    (:func:`lictutor.plot.msssim_db`). A number a pair of curves does not allow (too few
+    (:func:`lictutor.metrics.msssim_db`). A number a pair of curves does not allow (too few
     points, quality not rising with rate, no overlap, ``psnr_range`` outside the overlap) is
     NaN, and ``note`` says why. ``psnr_range=(lo, hi)`` (e.g. :func:`shared_psnr_range`): the
     BD-rate averages over this PSNR range instead of each curve's own overlap with the anchor,
     so that rows are comparable; the other two numbers, which have other axes, are then NaN.
     """
-    from lictutor.metrics import bd_psnr, bd_rate
-    from lictutor.plot import msssim_db
-
     a = anchor_curve["results"]
     rows = []
     for curve in curves:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from lictutor.errors import LictutorError
-from lictutor.metrics import entropy_bits, ms_ssim, psnr
+from lictutor.curves import by_rate, mean_over_images
+from lictutor.metrics import MS_SSIM_MIN_SIDE, entropy_bits, ms_ssim, psnr
 
 __all__ = ["dct_basis", "klt_basis", "ycbcr", "rgb", "to_blocks", "from_blocks", "neighbour_pairs",
            "transform_code", "transform_code_curve"]
@@ -115,17 +116,15 @@ def transform_code_curve(images, basis, steps, name="transform code"):
     """Rate–distortion curve of :func:`transform_code` over quantization ``steps``, averaged
     over ``images`` (``(name, uint8 RGB)`` pairs), in CompressAI's results format."""
     keys = ("bpp", "psnr-rgb", "ms-ssim-rgb")
-    res = {k: [] for k in keys}
+    points = []
     for step in steps:
-        points = []
+        rows = []
         for _, img in images:
             rec, bits = transform_code(img, basis, step)
             ref = img[: rec.shape[0], : rec.shape[1]]
-            points.append((bits / (rec.shape[0] * rec.shape[1]), psnr(ref, rec),
-                           ms_ssim(ref, rec) if min(rec.shape[:2]) >= 161 else np.nan))
-        for k, v in zip(keys, np.nanmean(np.array(points, dtype=float), axis=0)):
-            res[k].append(float(v))
-    res["quality"] = [float(s) for s in steps]
-    order = np.argsort(res["bpp"])
+            rows.append((bits / (rec.shape[0] * rec.shape[1]), psnr(ref, rec),
+                         ms_ssim(ref, rec) if min(rec.shape[:2]) >= MS_SSIM_MIN_SIDE else np.nan))
+        points.append(mean_over_images(np.array(rows, dtype=float).T))
+    res = {k: [float(p[i]) for p in points] for i, k in enumerate(keys)}
     return {"name": name, "description": "block transform, uniform quantizer, ideal entropy coder",
-            "results": {k: [v[i] for i in order] for k, v in res.items()}}
+            "results": by_rate({**res, "quality": [float(s) for s in steps]})}

@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from lictutor import LictutorError
 from lictutor.budget import BUDGETS, budget_name, get_budget
@@ -27,8 +28,6 @@ def test_ci_means_smoke(clean_env):
 
 
 def test_default_follows_cuda(clean_env):
-    import torch
-
     clean_env.setattr(torch.cuda, "is_available", lambda: True)
     assert budget_name() == "full"
     clean_env.setattr(torch.cuda, "is_available", lambda: False)

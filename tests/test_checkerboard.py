@@ -4,23 +4,23 @@ FastLIC (two-pass coding, channel skipping, damaged files)."""
 import copy
 import random
 
+import compressai.entropy_models as entropy_models
+import compressai.latent_codecs as latent_codecs
+import compressai.layers as compressai_layers
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from _reference import randomize_
 from lictutor import LictutorError, bitstream, data, models
-from lictutor.entropy import GaussianConditional, get_scale_table
+from lictutor.entropy import GaussianConditional, GaussianMixtureConditional, get_scale_table
 from lictutor.evaluate import compress_image, decompress_image
 from lictutor.layers import CheckerboardMaskedConv2d, DeformableResidualBlock
-from lictutor.models.checkerboard import (
-    CheckerboardContext, FastLIC, GaussianMixtureConditional, checkerboard_merge,
-    checkerboard_split, l1_sparsity,
-)
+from lictutor.losses import l1_sparsity
+from lictutor.models import CheckerboardContext, FastLIC
+from lictutor.models.checkerboard import checkerboard_merge, checkerboard_split
 from lictutor.models.context import JointAutoregressiveHierarchicalPriors
-
-compressai_layers = pytest.importorskip("compressai.layers")
-from _reference import randomize_  # noqa: E402
 
 N, M = 16, 24
 #: the models under test: name -> (registered name, constructor)
@@ -303,8 +303,6 @@ def test_round_trip_exact_and_deterministic(name, photo):
 def test_checkerboard_writes_compressai_bytes(photo):
     """Same anchors, context and Gaussian coding as CompressAI's CheckerboardLatentCodec
     (whose parameter network takes cat(phi, psi) where ours takes cat(psi, phi))."""
-    latent_codecs = pytest.importorskip("compressai.latent_codecs")
-    entropy_models = pytest.importorskip("compressai.entropy_models")
     net = _model("checkerboard")
     parameters = copy.deepcopy(net.entropy_parameters)
     with torch.no_grad():

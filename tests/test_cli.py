@@ -5,8 +5,11 @@ import sys
 import numpy as np
 import pytest
 
-from lictutor import codecs, data, evaluate, train
+from lictutor import codecs, data, evaluate
+from lictutor.budget import get_budget
+from lictutor.checkpoint import cache_path, load_checkpoint
 from lictutor.cli import main
+from lictutor.config import budget_config
 
 COMMANDS = ("baselines", "train", "compress", "decompress", "eval")
 
@@ -60,16 +63,31 @@ def test_baselines_writes_curves_from_real_bytes(folder, tmp_path, capsys):
             assert res["bpp"][i] == pytest.approx(bpp), name
 
 
+def test_train_shares_the_books_configuration_and_cache(tmp_path, capsys):
+    """`lictutor train` trains what the chapters train (budget_config, warm-up included), so a
+    model trained by either is found in the cache by the other (LICTUTOR_HOME: conftest.py)."""
+    config = budget_config(get_budget("smoke"), 0.0067, steps=40)
+    assert config.warmup == 2  # 5 % of the steps
+    code, _, _ = run(capsys, "train", "--budget", "smoke", "--steps", 40, "--lmbda", 0.0067, "--out",
+                     tmp_path / "m.pt", "--quiet")
+    assert code == 0 and cache_path(config).is_file()  # the chapters' cache entry
+    assert load_checkpoint(tmp_path / "m.pt")[1]["config"] == config.to_dict()
+    hyper = budget_config(get_budget("smoke"), 0.0067, model="hyperprior", steps=20)
+    code, _, _ = run(capsys, "train", "--model", "hyperprior", "--budget", "smoke", "--steps", 20, "--lmbda",
+                     0.0067, "--out", tmp_path / "h.pt", "--quiet")
+    assert code == 0 and cache_path(hyper).is_file()
+
+
 def test_train_compress_decompress_eval(checkpoints, folder, tmp_path, capsys):
     low, high = checkpoints
-    ckpt = train.load_checkpoint(low)[1]
+    ckpt = load_checkpoint(low)[1]
     assert ckpt["model"] == "factorized" and ckpt["model_args"] == {"N": 16, "M": 24}
     assert ckpt["config"]["steps"] == 2 and ckpt["config"]["lmbda"] == 0.002
 
     lic, png = tmp_path / "c.lic", tmp_path / "c.png"
     code, stdout, _ = run(capsys, "compress", "--checkpoint", low, folder / "c.png", lic)
     assert code == 0 and f"{lic.stat().st_size} bytes" in stdout
-    model, _ = train.load_checkpoint(low)
+    model, _ = load_checkpoint(low)
     img = data.load_image(folder / "c.png")
     assert lic.read_bytes() == evaluate.compress_image(model, img, "factorized")
 
@@ -85,7 +103,7 @@ def test_train_compress_decompress_eval(checkpoints, folder, tmp_path, capsys):
     images = data.folder_images(folder)
 
     def mean_bpp(path):  # from the sizes of the files
-        net, _ = train.load_checkpoint(path)
+        net, _ = load_checkpoint(path)
         return np.mean([8 * len(evaluate.compress_image(net, im, "factorized")) / im[..., 0].size for _, im in images])
 
     assert curve["results"]["bpp"] == pytest.approx(sorted([mean_bpp(low), mean_bpp(high)]))
@@ -127,6 +145,7 @@ def test_errors_are_one_line(checkpoints, folder, tmp_path, capsys):
     assert not (tmp_path / "a.png").exists() and not (tmp_path / "b.lic").exists()
 
 
+@pytest.mark.slow
 def test_python_dash_m(tmp_path):
     done = subprocess.run([sys.executable, "-m", "lictutor", "--help"], capture_output=True, text=True)
     assert done.returncode == 0

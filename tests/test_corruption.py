@@ -6,7 +6,9 @@ import time
 import pytest
 import torch
 
-from lictutor import LictutorError, bitstream, data, models, train
+from lictutor import LictutorError, bitstream, data, models
+from lictutor.checkpoint import save_checkpoint
+from lictutor.config import TrainConfig
 from lictutor.cli import main
 from lictutor.entropy import MAX_SYMBOL, EntropyBottleneck
 from lictutor.evaluate import compress_image, decompress_image
@@ -149,7 +151,7 @@ def test_entropy_coder_refuses_damaged_strings():
 
 def test_the_cli_reports_damage_in_one_line(model, good, tmp_path, capsys):
     ckpt = tmp_path / "model.pt"
-    train.save_checkpoint(ckpt, model, train.TrainConfig(model="factorized", model_args={"N": 8, "M": 12}))
+    save_checkpoint(ckpt, model, TrainConfig(model="factorized", model_args={"N": 8, "M": 12}))
     rng = random.Random(7)
     files = {"flipped": damaged(good, rng), "truncated": good[:30], "empty": b"",
              "forged": forged(good, rng), "png": b"\x89PNG\r\n\x1a\n", "good": good}

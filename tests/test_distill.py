@@ -5,6 +5,7 @@ import json
 import dataclasses
 import math
 
+import compressai.models as compressai_models
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,16 +24,11 @@ from lictutor.distill import (
 )
 from lictutor.entropy import GaussianConditional
 from lictutor.errors import LictutorError
-from lictutor.train import TrainConfig, cache_path, save_checkpoint, train
+from lictutor.checkpoint import cache_path, save_checkpoint
+from lictutor.config import TrainConfig
+from lictutor.train import train
 
 SMALL = {"N": 16, "M": 24}
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    """An empty LICTUTOR_HOME for every test: the cache starts cold."""
-    monkeypatch.setenv("LICTUTOR_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
 
 
 def logits(seed, shape=(8, 10)):
@@ -192,7 +188,6 @@ def test_codec_forward_records_one_pass():
 
 def test_compressai_models_are_recorded_too():
     """Same module names, so a CompressAI model (e.g. a pretrained teacher) records the same values."""
-    compressai_models = pytest.importorskip("compressai.models")
     torch.manual_seed(0)
     x = torch.rand(1, 3, 64, 64)
     theirs = compressai_models.ScaleHyperprior(16, 24).eval()
@@ -453,8 +448,6 @@ def test_train_students_grid():
 
 
 def test_train_students_from_a_shared_pretraining():
-    from lictutor.train import cache_path
-
     torch.manual_seed(1)
     teachers = {0.013: models.create("hyperprior", **SMALL)}
     recipes = distill.distill_recipes((2,), K=4)

@@ -2,13 +2,14 @@
 
 import copy
 
+import compressai.entropy_models as em
 import pytest
 import torch
 
-from lictutor.entropy import EntropyBottleneck
+from lictutor import models
+from lictutor.entropy import EntropyBottleneck, update_stale_tables
 from lictutor.errors import LictutorError
 
-em = pytest.importorskip("compressai.entropy_models")
 
 C = 6
 
@@ -235,3 +236,15 @@ def test_likelihood_is_a_density_that_sums_to_one_at_the_integers():
     fine = torch.linspace(-300, 300, 60001).reshape(1, 1, -1).expand(1, 2, -1)
     area = torch.trapezoid(eb.likelihood(fine), fine, dim=-1)  # a density of y + u
     torch.testing.assert_close(area, torch.ones(1, 2), atol=1e-3, rtol=0)
+
+
+def test_update_stale_tables_rebuilds_only_what_changed():
+    from_scratch = models.create("hyperprior", N=8, M=12)
+    assert update_stale_tables(from_scratch)  # never built: both entropy models
+    assert not update_stale_tables(from_scratch)
+    built = from_scratch.gaussian_conditional._quantized_cdf
+    with torch.no_grad():
+        from_scratch.entropy_bottleneck.quantiles.add_(0.5)  # as an optimizer step would
+    assert from_scratch.entropy_bottleneck.tables_stale() and not from_scratch.gaussian_conditional.tables_stale()
+    assert update_stale_tables(from_scratch) and not from_scratch.entropy_bottleneck.tables_stale()
+    assert from_scratch.gaussian_conditional._quantized_cdf is built  # not rebuilt

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lictutor import LictutorError, bitstream, data, models, train
+from lictutor import LictutorError, bitstream, data, models
+from lictutor.checkpoint import save_checkpoint
+from lictutor.config import TrainConfig
 from lictutor.evaluate import compress_image, decompress_image, evaluate_model, latent_shape, pad
 from lictutor.metrics import ms_ssim
 
@@ -167,7 +169,7 @@ def test_stale_tables_are_rebuilt_before_coding(model, photo):
 
 def test_evaluate_model_reports_real_bytes(model, photo, tmp_path):
     ckpt = tmp_path / "model.pt"
-    train.save_checkpoint(ckpt, model, train.TrainConfig(model="factorized", model_args={"N": 16, "M": 24}))
+    save_checkpoint(ckpt, model, TrainConfig(model="factorized", model_args={"N": 16, "M": 24}))
     other = models.create("factorized", N=16, M=24)
     other.load_state_dict(model.state_dict())
     with torch.no_grad():

@@ -1,14 +1,13 @@
 """lictutor.entropy.GaussianConditional vs compressai's, on identical inputs."""
 
+import compressai.entropy_models as em
+import compressai.models.base as cbase
+import compressai.models.utils as cutils
 import pytest
 import torch
 
 from lictutor import LictutorError
 from lictutor.entropy import GaussianConditional, get_scale_table
-
-em = pytest.importorskip("compressai.entropy_models")
-cbase = pytest.importorskip("compressai.models.base")
-cutils = pytest.importorskip("compressai.models.utils")
 
 
 @pytest.fixture(scope="module")
@@ -252,8 +251,6 @@ def test_bad_inputs_raise_lictutor_error(updated_pair):
 
 def test_loading_an_empty_scale_table_keeps_the_default():
     # CompressAI models saved before update() store an empty scale_table.
-    from lictutor.entropy import get_scale_table
-
     ours = GaussianConditional(get_scale_table())
     state = {k: v for k, v in ours.state_dict().items()}
     state["scale_table"] = torch.Tensor()

@@ -1,11 +1,10 @@
 """lictutor.layers vs compressai.layers on identical parameters."""
 
+import compressai.layers as compressai_layers
 import pytest
 import torch
 
 from lictutor.layers import GDN, LowerBound, conv, deconv
-
-compressai_layers = pytest.importorskip("compressai.layers")
 
 
 def _randomized_pair(C, inverse, seed=0):

@@ -1,10 +1,9 @@
+import compressai.layers as compressai_layers
 import pytest
 import torch
 
 from lictutor import LictutorError
 from lictutor.layers import MaskedConv2d
-
-compressai_layers = pytest.importorskip("compressai.layers")
 
 
 def _pair(mask_type, c_in=3, c_out=4, k=5, seed=0):

@@ -1,15 +1,16 @@
 """lictutor.models.context.JointAutoregressiveHierarchicalPriors vs CompressAI's mbt2018."""
 
+import compressai.models as cmodels
 import numpy as np
 import pytest
 import torch
 
+from _reference import assert_same_forward, randomize_
+from lictutor import bitstream
 from lictutor.errors import LictutorError
+from lictutor.evaluate import compress_image, decompress_image
 from lictutor.models.base import CompressionModel
 from lictutor.models.context import JointAutoregressiveHierarchicalPriors as Ours
-
-cmodels = pytest.importorskip("compressai.models")
-from _reference import assert_same_forward, randomize_  # noqa: E402
 
 N, M = 8, 12
 
@@ -149,8 +150,6 @@ def test_training_forward_each_quantization(mode):
 
 
 def test_compress_image_roundtrip_70x90():
-    from lictutor.evaluate import compress_image, decompress_image
-
     ref = _reference(seed=2)
     model = _loaded(ref)
     img = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)
@@ -160,8 +159,6 @@ def test_compress_image_roundtrip_70x90():
     assert decoded.shape == (70, 90, 3) and decoded.dtype == np.uint8
     assert np.array_equal(decompress_image(model, blob, "context"), decoded)
     # the same image CompressAI decodes from the same strings
-    from lictutor import bitstream
-
     payload = bitstream.unpack(blob)
     ref.update()
     with torch.no_grad():

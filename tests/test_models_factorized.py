@@ -1,12 +1,13 @@
 """lictutor.models.FactorizedPrior vs compressai.models.FactorizedPrior."""
 
+import compressai.models as cmodels
 import pytest
 import torch
 
+from _reference import randomize_
+from lictutor import models
+from lictutor.errors import LictutorError
 from lictutor.models import CompressionModel, FactorizedPrior, FactorizedPrior2017
-
-cmodels = pytest.importorskip("compressai.models")
-from _reference import randomize_  # noqa: E402
 
 N, M = 32, 48
 
@@ -136,9 +137,6 @@ def test_factorized_prior_2017():
 
 
 def test_create_by_name():
-    from lictutor import models
-    from lictutor.errors import LictutorError
-
     m = models.create("factorized", N=8, M=12)
     assert isinstance(m, FactorizedPrior) and (m.N, m.M) == (8, 12)
     assert isinstance(models.create("factorized2017", N=8), FactorizedPrior2017)
@@ -149,8 +147,5 @@ def test_create_by_name():
 
 
 def test_from_state_dict_needs_the_2018_transforms():
-    from lictutor.errors import LictutorError
-    from lictutor.models import FactorizedPrior2017
-
     with pytest.raises(LictutorError, match="g_a.6.weight"):
         FactorizedPrior2017.from_state_dict(FactorizedPrior2017(N=8).state_dict())

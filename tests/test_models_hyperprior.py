@@ -1,14 +1,14 @@
 """lictutor.models.hyperprior vs compressai.models.ScaleHyperprior / MeanScaleHyperprior."""
 
+import compressai.models as cmodels
 import numpy as np
 import pytest
 import torch
 
+from _reference import assert_same_forward, randomize_
 from lictutor.evaluate import compress_image, decompress_image
 from lictutor.models.hyperprior import MeanScaleHyperprior, ScaleHyperprior
 
-cmodels = pytest.importorskip("compressai.models")
-from _reference import assert_same_forward, randomize_  # noqa: E402
 
 N, M = 8, 12
 

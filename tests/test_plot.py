@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from lictutor import plot
-from lictutor.plot import msssim_db, rd_figure, rd_plot, show_crops, style_for
+from lictutor.metrics import msssim_db
+from lictutor.plot import rd_figure, rd_plot, show_crops, style_for
 
 
 def _curve(name, shift=0.0):

@@ -5,9 +5,11 @@ import time
 import pytest
 import torch
 import torch.nn as nn
+from torchvision.ops import DeformConv2d
 
 from lictutor import models
 from lictutor.errors import LictutorError
+from lictutor.layers import DeformableResidualBlock
 from lictutor.profile import (
     count_macs,
     format_profile_table,
@@ -47,10 +49,6 @@ def test_macs_of_one_convolution_are_the_analytic_count():
 
 
 def test_macs_of_a_deformable_convolution_are_its_convolution():
-    from torchvision.ops import DeformConv2d
-
-    from lictutor.layers import DeformableResidualBlock
-
     conv = DeformConv2d(8, 16, kernel_size=3, padding=1, groups=2)
     x, offset = torch.rand(2, 8, 12, 12), torch.rand(2, 18, 12, 12)
     assert count_macs(conv, x, offset) == 2 * 16 * 12 * 12 * 4 * 3 * 3  # batch · out · pixels · in/groups · k²

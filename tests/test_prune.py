@@ -11,15 +11,13 @@ from lictutor.evaluate import compress_image, decompress_image
 from lictutor.layers import GDN, DeformableResidualBlock
 from lictutor.models import FastLIC
 from lictutor.prune import rank_decoder_blocks, rd_loss, removable_blocks, remove_blocks
-from lictutor.train import TrainConfig, load_checkpoint, save_checkpoint, train
+from lictutor.checkpoint import load_checkpoint, save_checkpoint
+from lictutor.config import TrainConfig
+from lictutor.profile import parameter_counts
+from lictutor.train import train
 
 N, M = 16, 24
 FAST_BLOCKS = ["g_s.1", "g_s.2", "g_s.4", "g_s.6"]  # three inverse GDNs and the DRM
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("LICTUTOR_HOME", str(tmp_path / "home"))
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +60,6 @@ def test_remove_blocks_returns_a_copy_whose_state_dict_is_a_subset():
     _same_state(net.state_dict(), before)  # the model is left as it was
     assert isinstance(net.g_s[2], DeformableResidualBlock) and net.removed == ()
     assert pruned.removed == ("g_s.1", "g_s.2")
-    from lictutor.profile import parameter_counts
 
     counts, full_counts = parameter_counts(pruned), parameter_counts(net)
     removed_params = sum(p.numel() for i in (1, 2) for p in net.g_s[i].parameters())

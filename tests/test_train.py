@@ -11,17 +11,14 @@ import pytest
 import torch
 
 import lictutor.train as train_module
-from lictutor import metrics, models
+from lictutor import data, metrics, models, quantization
+from lictutor.budget import BUDGETS
+from lictutor.checkpoint import CHECKPOINT_FORMAT, cache_path, load_checkpoint, save_checkpoint
+from lictutor.config import EntropyFitConfig, TrainConfig, budget_config
+from lictutor.device import seed_everything
 from lictutor.errors import LictutorError
-from lictutor.train import (
-    CHECKPOINT_FORMAT,
-    RateDistortionLoss,
-    TrainConfig,
-    cache_path,
-    load_checkpoint,
-    save_checkpoint,
-    train,
-)
+from lictutor.losses import RateDistortionLoss, add_l1_sparsity
+from lictutor.train import train
 
 TINY = dict(model_args={"N": 8, "M": 12}, steps=5, batch=2, crop=32, warmup=1)
 
@@ -30,20 +27,13 @@ def tiny(**changes) -> TrainConfig:
     return TrainConfig(**{**TINY, **changes})
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    """An empty LICTUTOR_HOME for every test: the cache starts cold."""
-    monkeypatch.setenv("LICTUTOR_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
 def no_training(monkeypatch):
     """Make any training step fail: what runs afterwards must load, not train."""
 
     def fail(step, config):
         raise AssertionError("trained instead of loading")
 
-    monkeypatch.setattr(train_module, "_lr_factor", fail)
+    monkeypatch.setattr(train_module, "lr_factor", fail)
 
 
 def assert_same_weights(a, b, atol=0.0, buffers=True):
@@ -137,11 +127,11 @@ def test_cache_key_covers_what_determines_the_model(tmp_path):
 
 def test_lr_schedule():
     config = tiny(steps=10, warmup=2, final_lr=0.1)
-    factors = [train_module._lr_factor(s, config) for s in range(10)]
+    factors = [train_module.lr_factor(s, config) for s in range(10)]
     assert factors[:3] == [0.5, 1.0, 1.0]  # linear warm-up, then the cosine starts at 1
     assert all(a > b for a, b in zip(factors[2:], factors[3:]))  # decays ...
     assert factors[-1] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 7 / 8)))  # ... towards 0.1
-    assert {train_module._lr_factor(s, tiny(final_lr=1.0)) for s in range(1, 5)} == {1.0}
+    assert {train_module.lr_factor(s, tiny(final_lr=1.0)) for s in range(1, 5)} == {1.0}
 
 
 # --- training, the cache, resuming ----------------------------------------------------------
@@ -152,7 +142,7 @@ def test_train_caches_and_compresses(home, monkeypatch, capsys, tmp_path):
     model, ckpt = train(config, log_every=2)
     assert [h["step"] for h in ckpt["history"]] == [2, 4, 5]
     assert all(math.isfinite(h["bpp"]) and h["bpp"] > 0 and math.isfinite(h["psnr"]) for h in ckpt["history"])
-    assert ckpt["history"][-1]["lr"] == pytest.approx(config.lr * train_module._lr_factor(4, config))
+    assert ckpt["history"][-1]["lr"] == pytest.approx(config.lr * train_module.lr_factor(4, config))
     err = capsys.readouterr().err
     assert "bpp=" in err and "psnr=" in err  # the progress bar
     # trained, then update()d: the tables are those of the final weights, ready to code
@@ -175,17 +165,17 @@ def test_resume_gives_the_uninterrupted_result(home, monkeypatch):
     config = tiny()
     reference, ref_ckpt = train(config, cache=False, progress=False, log_every=1)
 
-    original = train_module._lr_factor
+    original = train_module.lr_factor
 
     def interrupt(step, cfg):
         if step == 3:
             raise KeyboardInterrupt  # in the 4th step
         return original(step, cfg)
 
-    monkeypatch.setattr(train_module, "_lr_factor", interrupt)
+    monkeypatch.setattr(train_module, "lr_factor", interrupt)
     with pytest.raises(KeyboardInterrupt):
         train(config, checkpoint_every=2, progress=False, log_every=1)
-    monkeypatch.setattr(train_module, "_lr_factor", original)
+    monkeypatch.setattr(train_module, "lr_factor", original)
     # the last checkpoint (step 2) lies next to the cache entry, which does not exist yet
     part = cache_path(config).with_name(cache_path(config).stem + ".part.pt")
     assert torch.load(part, weights_only=True)["step"] == 2 and not cache_path(config).exists()
@@ -289,6 +279,7 @@ WORKER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_equal_one(tmp_path):
     config = tiny(steps=3, batch=4)
     script = tmp_path / "worker.py"
@@ -309,9 +300,6 @@ def test_torchrun_two_processes_equal_one(tmp_path):
 
 
 def test_budget_config_follows_the_budget():
-    from lictutor.budget import BUDGETS
-    from lictutor.train import budget_config
-
     smoke = BUDGETS["smoke"]
     config = budget_config(smoke, 0.01)
     assert (config.steps, config.batch, config.crop, config.lr) == (smoke.steps, smoke.batch, smoke.crop, smoke.lr)
@@ -342,13 +330,28 @@ def test_l1_leaves_older_cache_keys_alone():
 
 
 def test_shifts_leave_older_cache_keys_alone():
-    assert TrainConfig().key() == TrainConfig(shifts=[[0, 0], [8, 8]]).key() == "e3b96f5920d47d3f"
-    grid = TrainConfig(shifts=((0, 0), (0, 4)))
-    assert grid.key() != TrainConfig().key() and grid.shifts == ((0, 0), (0, 4))
-    assert TrainConfig.from_dict(json.loads(json.dumps(grid.to_dict()))) == grid
+    fit = dict(frozen=("g_a", "g_s"))
+    assert EntropyFitConfig(**fit).key() == EntropyFitConfig(**fit, shifts=[[0, 0], [8, 8]]).key()
+    # the key this configuration had when shifts was a field of TrainConfig
+    assert EntropyFitConfig(**fit).key() == TrainConfig(**fit).key() == "a6c6e38837044614"
+    grid = EntropyFitConfig(**fit, shifts=((0, 0), (0, 4)))
+    assert grid.key() != EntropyFitConfig(**fit).key() and grid.shifts == ((0, 0), (0, 4))
+    assert EntropyFitConfig.from_dict(json.loads(json.dumps(grid.to_dict()))) == grid
     for bad in ((), (0, 8), ((0, 16),), ((-1, 0),), ((0.5, 0),), ((True, 0),), "08"):
         with pytest.raises(LictutorError, match="shifts must be pixel offsets"):
-            TrainConfig(shifts=bad)
+            EntropyFitConfig(**fit, shifts=bad)
+    # checkpoints written before shifts moved out of TrainConfig store it at its default
+    assert TrainConfig.from_dict({**TrainConfig().to_dict(), "shifts": [[0, 0], [8, 8]]}) == TrainConfig()
+    old_fit = {**TrainConfig(**fit).to_dict(), "shifts": [[0, 0], [0, 4]]}  # chapter 4's fits stored other shifts
+    assert TrainConfig.from_dict(old_fit) == EntropyFitConfig(**fit, shifts=((0, 0), (0, 4)))
+
+
+def test_a_finished_run_at_out_is_not_trained_again(tmp_path):
+    config = tiny(steps=2, warmup=2)  # the schedule has no cosine part at all
+    model, ckpt = train(config, out=tmp_path / "run.pt", cache=False, progress=False)
+    again, ckpt_again = train(config, out=tmp_path / "run.pt", cache=False, progress=False)
+    assert ckpt_again["step"] == 2 and ckpt_again["history"] == ckpt["history"]
+    assert_same_weights(model, again)
 
 
 def test_l1_gradient_is_the_weighted_sign():
@@ -360,7 +363,7 @@ def test_l1_gradient_is_the_weighted_sign():
     y_hat = out["y_hat"]
     losses = RateDistortionLoss(0.01)(out, x)
     (rd_grad,) = torch.autograd.grad(losses["loss"], y_hat, retain_graph=True)
-    total = train_module.add_l1_sparsity(losses, out, 0.3)
+    total = add_l1_sparsity(losses, out, 0.3)
     assert total["rd"] is losses["loss"] and total["l1"] == y_hat.abs().mean()
     torch.testing.assert_close(total["loss"], losses["loss"] + 0.3 * y_hat.abs().mean())
     (grad,) = torch.autograd.grad(total["loss"], y_hat)
@@ -368,9 +371,6 @@ def test_l1_gradient_is_the_weighted_sign():
 
 
 def test_trainer_loss_is_rd_plus_l1_of_y_hat():
-    from lictutor import data, quantization
-    from lictutor.device import seed_everything
-
     _, plain = train(TrainConfig(**FAST), cache=False, progress=False, log_every=1)
     _, sparse = train(TrainConfig(**FAST, l1=0.5), cache=False, progress=False, log_every=1)
     (h0,), (h1,) = plain["history"], sparse["history"]

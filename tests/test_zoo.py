@@ -1,21 +1,18 @@
-"""lictutor.zoo: the entropy-model fit on fixed transforms, and the trainer's frozen modules
-and partial warm starts it relies on."""
+"""lictutor.zoo: the book's recipes, the entropy-model fit on fixed transforms
+(lictutor.train.fit_entropy_model), and the trainer's frozen modules and partial warm starts
+they rely on."""
 
 import pytest
 import torch
 
+import lictutor.train as train_module
 from lictutor import data, metrics, models, zoo
 from lictutor.budget import get_budget
+from lictutor.config import EntropyFitConfig, TrainConfig
 from lictutor.errors import LictutorError
-from lictutor.train import TrainConfig, train
+from lictutor.train import train
 
 TINY = dict(model_args={"N": 8, "M": 12}, batch=2, crop=64, warmup=1, lr=1e-2)
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("LICTUTOR_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
 
 
 def transforms():
@@ -111,7 +108,7 @@ def test_fit_entropy_model_caches_and_checks_its_inputs(monkeypatch):
     init = transforms()
     config = TrainConfig(model="hyperprior", steps=2, frozen=("g_a", "g_s"), **TINY)
     first, _ = zoo.fit_entropy_model(config, init, progress=False)
-    monkeypatch.setattr(zoo, "_training_latents", lambda *a: (_ for _ in ()).throw(AssertionError("trained")))
+    monkeypatch.setattr(train_module, "_training_latents", lambda *a: (_ for _ in ()).throw(AssertionError("trained")))
     again, _ = zoo.fit_entropy_model(config, init, progress=False)
     torch.testing.assert_close(again.state_dict()["h_s.0.weight"], first.state_dict()["h_s.0.weight"])
     with pytest.raises(LictutorError, match="frozen"):
@@ -120,12 +117,13 @@ def test_fit_entropy_model_caches_and_checks_its_inputs(monkeypatch):
         zoo.fit_entropy_model(config, {k: v for k, v in init.items() if k.startswith("g_a.")}, progress=False)
 
 
+@pytest.mark.slow
 def test_training_latents_one_per_photo_flip_and_shift():
     model = models.create("hyperprior", N=8, M=12)
     photos = data.train_images()
     for shifts in (((0, 0), (8, 8)), zoo.GRID_SHIFTS):
-        config = TrainConfig(model="hyperprior", shifts=shifts, **TINY)
-        latents = zoo._training_latents(model, config, "cpu")
+        config = EntropyFitConfig(model="hyperprior", shifts=shifts, frozen=("g_a", "g_s"), **TINY)
+        latents = train_module._training_latents(model, config, "cpu")
         assert len(latents) == 2 * len(shifts) * len(photos)
     assert len(set(zoo.GRID_SHIFTS)) == 16
     # a shift by 4 pixels gives other latents than the unshifted photo, not a translated copy
@@ -136,7 +134,8 @@ def test_training_latents_one_per_photo_flip_and_shift():
 def test_hyperprior_stages_give_shifts_to_the_fit_only():
     budget = get_budget("smoke")
     fit, joint = zoo.hyperprior_stages(budget, budget.lmbdas[0], "mean-scale", shifts=zoo.GRID_SHIFTS)
-    assert fit.shifts == zoo.GRID_SHIFTS and joint.shifts == TrainConfig().shifts
+    assert fit.shifts == zoo.GRID_SHIFTS and type(joint) is TrainConfig  # the joint stage has no shifts
+    assert isinstance(fit, EntropyFitConfig) and fit.steps == budget.steps // 2 and joint.steps == budget.steps // 8
     assert fit.key() != zoo.hyperprior_stages(budget, budget.lmbdas[0], "mean-scale")[0].key()
 
 
@@ -156,6 +155,7 @@ def test_factorized_models_fine_tune_every_lambda_from_one_model(monkeypatch):
     assert all(steps == 2 and init is not None for _, steps, init in calls[1:])
 
 
+@pytest.mark.slow
 def test_hyperprior_models_one_per_lambda_from_the_factorized_transforms():
     budget = get_budget("smoke").with_(steps=4, N=8, M=12)
     factorized = zoo.factorized_models(budget, progress=False)

@@ -6,9 +6,10 @@ the trainer and checkpoints use).
 
 from lictutor.errors import LictutorError
 from lictutor.models.base import CompressionModel
-from lictutor.models.checkerboard import CheckerboardContext, FastLIC
+from lictutor.models.checkerboard import CheckerboardContext
 from lictutor.models.factorized import FactorizedPrior, FactorizedPrior2017
 from lictutor.models.context import JointAutoregressiveHierarchicalPriors
+from lictutor.models.fast import FastLIC
 from lictutor.models.hyperprior import MeanScaleHyperprior, ScaleHyperprior
 
 __all__ = [

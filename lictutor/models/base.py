@@ -19,7 +19,7 @@ from lictutor.entropy import EntropyBottleneck, EntropyModel
 from lictutor.errors import LictutorError
 from lictutor.layers import GDN, conv, deconv
 
-__all__ = ["CompressionModel", "analysis_transform", "synthesis_transform"]
+__all__ = ["CompressionModel", "analysis_transform", "synthesis_transform", "pointwise_network"]
 
 
 def analysis_transform(N: int, M: int) -> nn.Sequential:
@@ -41,6 +41,18 @@ def synthesis_transform(N: int, M: int) -> nn.Sequential:
         deconv(N, N), GDN(N, inverse=True),
         deconv(N, 3),
     )  # fmt: skip
+
+
+def pointwise_network(*widths: int) -> nn.Sequential:
+    """1×1 convolutions ``widths[0] → widths[1] → ...`` with leaky ReLUs between them: a network
+    applied to every latent position on its own (the context models' entropy parameters)."""
+    layers: list = []
+    for i in range(len(widths) - 1):
+        if i:
+            layers.append(nn.LeakyReLU(inplace=True))
+        layers.append(nn.Conv2d(widths[i], widths[i + 1], 1))
+    return nn.Sequential(*layers)
+
 
 # CompressAI < 1.1 stored the entropy bottleneck's parameters as "_matrix0", ...;
 # the published checkpoints still use those names.
@@ -86,7 +98,7 @@ class CompressionModel(nn.Module):
         """``(ŷ, likelihoods)`` for the latent ``y = g_a(x)``: relaxed quantization in
         training (see ``quantization``), rounding in evaluation. Everything the rate
         depends on runs here, so the entropy model can be trained on ``y`` alone
-        (:func:`lictutor.zoo.fit_entropy_model`)."""
+        (:func:`lictutor.train.fit_entropy_model`)."""
         raise NotImplementedError
 
     def aux_loss(self) -> Tensor:

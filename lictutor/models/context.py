@@ -20,14 +20,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from lictutor.entropy import MAX_SYMBOL, EntropyBottleneck, GaussianConditional, get_scale_table
+from lictutor.entropy import EntropyBottleneck, GaussianConditional, coder, get_scale_table, update_stale_tables
 from lictutor.errors import LictutorError
 from lictutor.layers import MaskedConv2d
-from lictutor.models.base import CompressionModel, analysis_transform, synthesis_transform
+from lictutor.models.base import CompressionModel, analysis_transform, pointwise_network, synthesis_transform
 from lictutor.models.hyperprior import mean_scale_hyper_analysis, mean_scale_hyper_synthesis
 from lictutor.quantization import quantize
 
-__all__ = ["JointAutoregressiveHierarchicalPriors"]
+__all__ = ["JointAutoregressiveHierarchicalPriors", "entropy_parameters"]
+
+
+def entropy_parameters(M: int, outputs: int | None = None) -> nn.Sequential:
+    """``entropy_parameters`` of Minnen et al. (2018): 1×1 convolutions from ``cat(psi, phi)``
+    (4M channels) through 10M/3 and 8M/3 to ``outputs`` (default 2M: a scale and a mean per
+    channel), so the parameters at a position depend only on ``psi`` and ``phi`` there."""
+    return pointwise_network(M * 12 // 3, M * 10 // 3, M * 8 // 3, outputs or M * 6 // 3)
 
 
 class JointAutoregressiveHierarchicalPriors(CompressionModel):
@@ -93,12 +100,7 @@ class JointAutoregressiveHierarchicalPriors(CompressionModel):
         # psi: 2M channels at y's resolution (hyperprior half of the entropy parameters)
         self.h_s = mean_scale_hyper_synthesis(N, M)
         self.gaussian_conditional = GaussianConditional(get_scale_table())
-        # cat(psi, phi): 4M channels -> (scales, means): 2M channels, all 1x1
-        self.entropy_parameters = nn.Sequential(
-            nn.Conv2d(M * 12 // 3, M * 10 // 3, 1), nn.LeakyReLU(inplace=True),
-            nn.Conv2d(M * 10 // 3, M * 8 // 3, 1), nn.LeakyReLU(inplace=True),
-            nn.Conv2d(M * 8 // 3, M * 6 // 3, 1),
-        )  # fmt: skip
+        self.entropy_parameters = entropy_parameters(M)  # cat(psi, phi) -> (scales, means)
         # phi: 2M channels from the causal 5x5 neighbourhood of y_hat
         self.context_prediction = MaskedConv2d(
             M, 2 * M, kernel_size=5, padding=2, stride=1, mask_type="A"
@@ -129,14 +131,6 @@ class JointAutoregressiveHierarchicalPriors(CompressionModel):
         _, y_likelihoods = self.gaussian_conditional(y, scales, means, mode=mode)
         return y_hat, {"y": y_likelihoods, "z": z_likelihoods}
 
-    # -- tables -------------------------------------------------------------------
-
-    def _ensure_tables(self) -> None:
-        for m in (self.entropy_bottleneck, self.gaussian_conditional):
-            if m.tables_stale():
-                m.update(force=True)
-
-
     # -- coding -------------------------------------------------------------------
 
     kernel_size = 5  # of context_prediction
@@ -156,13 +150,25 @@ class JointAutoregressiveHierarchicalPriors(CompressionModel):
         scales, means = self._gaussian_params(psi[:, :, h : h + 1, w : w + 1], phi)
         return scales.reshape(1, -1), means.reshape(1, -1)
 
-    def _tables(self):
-        gc = self.gaussian_conditional
-        return (
-            gc._quantized_cdf.tolist(),
-            gc._cdf_length.reshape(-1).int().tolist(),
-            gc._offset.reshape(-1).int().tolist(),
-        )
+    def _raster(self, y_hat: Tensor, psi: Tensor, code) -> Tuple[List[int], List[int]]:
+        """The serial loop over one image's latent positions in raster order, which the encoder
+        and the decoder both run, so that they compute bit-identical parameters.
+
+        At every position the Gaussian parameters come from ``psi`` and the values of ``y_hat``
+        (padded by 2) coded before it; ``code(h, w, means, index)`` codes or decodes the M values
+        at padded position ``(h, w)`` with the CDF rows ``index``, writes into ``y_hat`` what the
+        decoder sees there and returns their symbols. Returns every symbol and index, in order.
+        """
+        symbols: List[int] = []
+        indexes: List[int] = []
+        p = self.padding
+        for h in range(psi.size(2)):
+            for w in range(psi.size(3)):
+                scales, means = self._params_at(y_hat, psi, h, w)
+                index = self.gaussian_conditional.build_indexes(scales).reshape(-1).tolist()
+                symbols.extend(code(h + p, w + p, means, index))
+                indexes.extend(index)
+        return symbols, indexes
 
     @torch.no_grad()
     def compress(self, x: Tensor) -> Dict[str, object]:
@@ -173,9 +179,7 @@ class JointAutoregressiveHierarchicalPriors(CompressionModel):
         order (see the class docstring), then rANS-coded in one go. Builds stale CDF
         tables first.
         """
-        from compressai import ans
-
-        self._ensure_tables()
+        update_stale_tables(self)
         y = self.g_a(x)
         z = self.h_a(y)
         z_strings = self.entropy_bottleneck.compress(z)
@@ -189,29 +193,19 @@ class JointAutoregressiveHierarchicalPriors(CompressionModel):
             )
         p = self.padding
         y_hat = F.pad(y, (p, p, p, p))  # overwritten by the quantized values as we go
-        cdfs, lengths, offsets = self._tables()
+        tables = self.gaussian_conditional.tables_as_lists()
         y_strings = []
         for i in range(y.size(0)):
-            item, psi_i = y_hat[i : i + 1], psi[i : i + 1]
-            symbols: List[int] = []
-            indexes: List[int] = []
-            for h in range(height):
-                for w in range(width):
-                    scales, means = self._params_at(item, psi_i, h, w)
-                    value = item[:, :, h + p, w + p]
-                    if not bool(torch.all((value - means).abs() <= MAX_SYMBOL)):
-                        raise LictutorError(
-                            f"cannot entropy-code latent values beyond ±{MAX_SYMBOL} or "
-                            "not finite (has the model diverged?)"
-                        )
-                    q = quantize(value, "symbols", means)
-                    item[:, :, h + p, w + p] = q + means  # what the decoder will see
-                    symbols.extend(q.reshape(-1).tolist())
-                    index = self.gaussian_conditional.build_indexes(scales)
-                    indexes.extend(index.reshape(-1).tolist())
-            y_strings.append(
-                ans.RansEncoder().encode_with_indexes(symbols, indexes, cdfs, lengths, offsets)
-            )
+            item = y_hat[i : i + 1]
+
+            def code(h: int, w: int, means: Tensor, index: List[int]) -> List[int]:
+                value = item[:, :, h, w]
+                coder.check_range(value - means)
+                q = quantize(value, "symbols", means)
+                item[:, :, h, w] = q + means  # what the decoder will see
+                return q.reshape(-1).tolist()
+
+            y_strings.append(coder.encode(*self._raster(item, psi[i : i + 1], code), tables))
         return {"strings": [y_strings, z_strings], "shape": z.size()[-2:]}
 
     @torch.no_grad()
@@ -219,12 +213,10 @@ class JointAutoregressiveHierarchicalPriors(CompressionModel):
         """Inverse of :meth:`compress`; ``x_hat`` clamped to [0, 1].
 
         The serial part: each of the ``H_y x W_y`` positions needs the values decoded
-        before it. A damaged string raises :class:`LictutorError` (as in
-        :mod:`lictutor.entropy`, the string is decoded from a zero-padded copy and must
-        re-encode to exactly itself).
+        before it. A damaged string raises :class:`LictutorError` (as everywhere, the string is
+        decoded from a zero-padded copy and must re-encode to exactly itself:
+        :mod:`lictutor.entropy.coder`).
         """
-        from compressai import ans
-
         if not isinstance(strings, (list, tuple)) or len(strings) != 2:
             raise LictutorError("strings must be [y_strings, z_strings], as returned by compress()")
         y_strings = strings[0]
@@ -232,7 +224,7 @@ class JointAutoregressiveHierarchicalPriors(CompressionModel):
             isinstance(s, (bytes, bytearray)) for s in y_strings
         ):
             raise LictutorError("y_strings must be a list of bytes, one per image")
-        self._ensure_tables()
+        update_stale_tables(self)
         z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
         if len(y_strings) != z_hat.size(0):
             raise LictutorError(f"got {len(y_strings)} y strings for {z_hat.size(0)} z strings")
@@ -244,30 +236,17 @@ class JointAutoregressiveHierarchicalPriors(CompressionModel):
         y_hat = torch.zeros(
             (z_hat.size(0), self.M, height + 2 * p, width + 2 * p), device=z_hat.device
         )
-        cdfs, lengths, offsets = self._tables()
-        n_symbols = self.M * height * width
+        tables = self.gaussian_conditional.tables_as_lists()
         for i, string in enumerate(y_strings):
-            string = bytes(string)
-            decoder = ans.RansDecoder()
-            # Zeros after the string keep a damaged string's reads inside our buffer.
-            decoder.set_stream(string + bytes(8 * n_symbols + 16 * len(string) + 4096))
-            item, psi_i = y_hat[i : i + 1], psi[i : i + 1]
-            symbols: List[int] = []
-            indexes: List[int] = []
-            for h in range(height):
-                for w in range(width):
-                    scales, means = self._params_at(item, psi_i, h, w)
-                    index = self.gaussian_conditional.build_indexes(scales).reshape(-1).tolist()
-                    values = decoder.decode_stream(index, cdfs, lengths, offsets)
-                    if any(abs(v) > MAX_SYMBOL for v in values):
-                        raise LictutorError(f"damaged entropy-coded string (image {i})")
-                    q = torch.tensor(values, dtype=torch.float, device=means.device)
-                    item[:, :, h + p, w + p] = q.reshape(1, -1) + means
-                    symbols.extend(values)
-                    indexes.extend(index)
-            encoder = ans.RansEncoder()
-            if encoder.encode_with_indexes(symbols, indexes, cdfs, lengths, offsets) != string:
-                raise LictutorError(f"damaged entropy-coded string (image {i})")
+            decoder, item = coder.stream_decoder(string, self.M * height * width), y_hat[i : i + 1]
+
+            def code(h: int, w: int, means: Tensor, index: List[int]) -> List[int]:
+                values = decoder.decode_stream(index, *tables)
+                coder.check_symbols(values, f"image {i}")  # before garbage feeds the context
+                item[:, :, h, w] = torch.tensor(values, dtype=torch.float, device=means.device).reshape(1, -1) + means
+                return values
+
+            coder.check_decoded(*self._raster(item, psi[i : i + 1], code), tables, string, f"image {i}")
 
         y_hat = y_hat[:, :, p : p + height, p : p + width]
         x_hat = self.g_s(y_hat).clamp_(0, 1)

@@ -43,7 +43,7 @@ class _FactorizedCodec(CompressionModel):
     def compress(self, x: Tensor) -> Dict[str, object]:
         """``{"strings": [y_strings], "shape": (h, w)}``, one string per image.
 
-        Builds the CDF tables first if they are missing or stale (see ``lictutor.entropy``).
+        Builds the CDF tables first if they are missing or stale (see :mod:`lictutor.entropy.base`).
         """
         y = self.g_a(x)
         y_strings = self.entropy_bottleneck.compress(y)
