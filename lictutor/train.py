@@ -230,6 +230,7 @@ class _Loop:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
         self.step, self.history, self.elapsed = ckpt["step"], ckpt["history"], ckpt["train_time"]
+        self.start = time.perf_counter() - self.elapsed
 
     def progress(self) -> dict:
         """``{"step", "history", "train_time"}`` so far (what a checkpoint records)."""

@@ -351,6 +351,7 @@ def test_a_finished_run_at_out_is_not_trained_again(tmp_path):
     model, ckpt = train(config, out=tmp_path / "run.pt", cache=False, progress=False)
     again, ckpt_again = train(config, out=tmp_path / "run.pt", cache=False, progress=False)
     assert ckpt_again["step"] == 2 and ckpt_again["history"] == ckpt["history"]
+    assert ckpt_again["train_time"] >= ckpt["train_time"]  # the run's own time, not this call's
     assert_same_weights(model, again)
 
 
