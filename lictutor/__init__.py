@@ -5,7 +5,7 @@ Pillow, CompressAI) when it is imported itself, e.g. ``from lictutor import data
 The README's module table says what lives where.
 """
 
-from lictutor.errors import LictutorError
+from lictutor.errors import LictutorError, LictutorWarning
 
 __version__ = "0.1.0"
-__all__ = ["LictutorError", "__version__"]
+__all__ = ["LictutorError", "LictutorWarning", "__version__"]

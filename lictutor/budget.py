@@ -87,7 +87,7 @@ def budget_name() -> str:
 
 def get_budget(name: str | None = None) -> Budget:
     """The budget called ``name``, or the active one when ``name`` is None."""
-    name = budget_name() if name is None else name
+    name = budget_name() if name is None else str(name).strip().lower()
     if name not in BUDGETS:
         raise LictutorError(f"unknown budget {name!r}; choose one of {', '.join(BUDGETS)}")
     return BUDGETS[name]

@@ -2,7 +2,13 @@
 
 Subcommands: ``baselines`` (classical codecs), ``train``, ``compress``, ``decompress`` and
 ``eval`` (learned codecs, real ``.lic`` bitstreams). Every error -- bad arguments included --
-prints one line ``lictutor: error: ...`` to stderr and exits with status 1.
+prints one line ``lictutor: error: ...`` to stderr and exits with status 1; every warning
+(:class:`lictutor.errors.LictutorWarning`) one line ``lictutor: warning: ...``.
+
+No command loses a file: outputs are checked before any work (never one of the inputs, never
+an existing file unless ``--force``) and written atomically (:mod:`lictutor.paths`). ``eval``
+and ``baselines`` skip an image they cannot read with a warning, finish the others, and then
+exit with status 1, so that scripts notice.
 
 Each subcommand imports the modules it needs when it runs: they load PyTorch, CompressAI and
 Pillow's codecs, seconds that ``lictutor --help`` or a mistyped argument should not wait for.
@@ -12,10 +18,13 @@ Nothing imports this module, so these deferred imports cannot hide an import cir
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import warnings
 from pathlib import Path
 
-from lictutor.errors import LictutorError
+from lictutor.errors import LictutorError, LictutorWarning
+from lictutor.paths import check_output, write_atomic
 
 
 def _baselines(args) -> None:
@@ -24,13 +33,11 @@ def _baselines(args) -> None:
     names = codecs.available_codecs() if args.codecs is None else _split(args.codecs)
     for name in names:
         codecs.get_codec(name)  # fail early on an unknown name, before any encoding
-    images = _images(args)
+    images, skipped = _images(args)
     print(f"{len(images)} images from {args.images}; codecs: {', '.join(names)}")
     curves = [codecs.evaluate_codec(name, images, progress=not args.quiet) for name in names]
     print(results.format_table(curves))
-    if args.json:
-        results.save_results(curves, args.json)
-        print(f"wrote {args.json}")
+    _finish(args, curves, skipped)
 
 
 def _train(args) -> None:
@@ -42,18 +49,20 @@ def _train(args) -> None:
     config = budget_config(b, args.lmbda, model=args.model, images=args.images, **changes)
     print(f"training {config.model} {config.model_args}, λ = {config.lmbda}, "
           f"{config.steps} steps (budget {b.name})")
-    _, ckpt = train.train(config, out=args.out, progress=not args.quiet)
-    print(f"wrote {args.out} (trained for {ckpt['train_time']:.0f} s)")
+    _, ckpt = train.train(config, out=args.out, progress=not args.quiet, force=args.force)
+    how = "copied from the cache; it trained" if ckpt["cached"] else "trained"
+    print(f"wrote {args.out} ({how} for {ckpt['train_time']:.0f} s)")
 
 
 def _compress(args) -> None:
     from lictutor import bitstream, data, evaluate, metrics  # deferred: see the module docstring
     from lictutor.checkpoint import load_checkpoint  # deferred: see the module docstring
 
+    output = check_output(args.output, inputs=[args.input, args.checkpoint], force=args.force)
     model, ckpt = load_checkpoint(args.checkpoint)
     img = data.load_image(args.input)
-    blob = evaluate.compress_image(model, img, ckpt["model"])
-    Path(args.output).write_bytes(blob)
+    blob = evaluate.compress_image(model, img, ckpt["model"], progress=not args.quiet)
+    write_atomic(output, lambda tmp: tmp.write_bytes(blob))
     bpp = metrics.bpp_from_bytes(len(blob), *img.shape[:2])
     header = bitstream.overhead(bitstream.unpack(blob))
     print(f"wrote {args.output}: {len(blob)} bytes, {bpp:.4f} bpp ({header} of them header bytes)")
@@ -63,29 +72,60 @@ def _decompress(args) -> None:
     from lictutor import data, evaluate  # deferred: see the module docstring
     from lictutor.checkpoint import load_checkpoint  # deferred: see the module docstring
 
+    output = check_output(args.output, inputs=[args.input, args.checkpoint], force=args.force)
+    if output.suffix.lower() != ".png":
+        raise LictutorError(f"decompress writes PNG; name the output '{output.with_suffix('.png').name}'")
     model, ckpt = load_checkpoint(args.checkpoint)
-    img = evaluate.decompress_image(model, Path(args.input).read_bytes(), ckpt["model"])
-    data.save_image(img, args.output)
+    img = evaluate.decompress_image(model, Path(args.input).read_bytes(), ckpt["model"], progress=not args.quiet)
+    data.save_image(img, output)
     print(f"wrote {args.output}: {img.shape[1]}×{img.shape[0]}")
 
 
 def _eval(args) -> None:
     from lictutor import evaluate, results  # deferred: see the module docstring
 
-    images = _images(args)
+    images, skipped = _images(args)
     print(f"{len(images)} images from {args.images}; {len(args.checkpoint)} checkpoint(s)")
     curve = evaluate.evaluate_model(args.checkpoint, images, name=args.name, progress=not args.quiet)
     print(results.format_table(curve))
-    if args.json:
-        results.save_results(curve, args.json)
-        print(f"wrote {args.json}")
+    _finish(args, curve, skipped)
 
 
 def _images(args):
+    """``(images, skipped)`` of ``--images``: unreadable ones are skipped with a warning each.
+    ``--json`` is checked first, so that a run never ends unable to write its results."""
     from lictutor import data  # deferred: see the module docstring
 
-    images = data.folder_images(args.images)
-    return images[: args.max_images] if args.max_images else images
+    if args.json:
+        check_output(args.json, force=args.force)
+    images, failures = data.read_images(args.images, args.max_images)
+    for failure in failures:
+        warnings.warn(f"skipped: {failure}", LictutorWarning)
+    if not images:
+        raise LictutorError(f"none of the {len(failures)} images in '{args.images}' could be read")
+    return images, len(failures)
+
+
+def _finish(args, curves, skipped: int) -> None:
+    """Write ``--json``; then fail if images were skipped (the results hold the others)."""
+    from lictutor import results  # deferred: see the module docstring
+
+    if args.json:
+        write_atomic(args.json, lambda tmp: results.save_results(curves, tmp))
+        print(f"wrote {args.json}")
+    if skipped:
+        raise LictutorError(f"{skipped} image(s) in '{args.images}' could not be read and were skipped "
+                            "(see the warnings above); the results are of the others")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def _split(text: str) -> list[str]:
@@ -106,12 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name, run, help, description):
         p = sub.add_parser(name, help=help, description=description)
         p.set_defaults(run=run)
+        p.add_argument("--force", action="store_true", help="replace an existing output file")
         return p
 
     def folder_options(p):
         p.add_argument("--images", required=True, metavar="DIR", help="folder of images")
         p.add_argument("--json", metavar="OUT", help="write the results in CompressAI's JSON format")
-        p.add_argument("--max-images", type=int, metavar="K", help="use only the first K images")
+        p.add_argument("--max-images", type=_positive, metavar="K", help="use only the first K images (K ≥ 1)")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = command(
@@ -135,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", metavar="DIR", help="training images (default: the book's offline photos)")
     p.add_argument("--out", required=True, metavar="CKPT", help="checkpoint file to write")
     p.add_argument("--budget", metavar="B", help="smoke, cpu or full (default: LICTUTOR_BUDGET's rule)")
-    p.add_argument("--steps", type=int, metavar="N", help="override the budget's number of steps")
+    p.add_argument("--steps", type=_positive, metavar="N", help="override the budget's number of steps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def coding_command(name, run, help, description, checkpoint, files):
@@ -143,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--checkpoint", required=True, metavar="CKPT", help=checkpoint)
         for role, (metavar, text) in zip(("input", "output"), files):
             p.add_argument(role, metavar=metavar, help=text)
+        p.add_argument("--quiet", action="store_true", help="no progress bar (shown for large images only)")
 
     coding_command("compress", _compress, "code an image to a .lic file with a trained model",
                    "Code an image (any size; grayscale and transparent images become RGB) to a .lic file.",
@@ -164,17 +206,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the command line: lictutor's warnings as one line each."""
+    if issubclass(category, LictutorWarning):
+        print(f"lictutor: warning: {message}", file=sys.stderr)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+_show_warning = warnings.showwarning
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        args.run(args)
-    except (LictutorError, OSError) as err:  # OSError: a file that cannot be read or written
-        first_line = (str(err).splitlines() or [type(err).__name__])[0]
-        print(f"lictutor: error: {first_line}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("lictutor: interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        warnings.simplefilter("always", LictutorWarning)
+        previous = signal.signal(signal.SIGTERM, _terminate)  # stop as Ctrl-C does: cleanly
+        try:
+            args = build_parser().parse_args(argv)
+            args.run(args)
+        except (LictutorError, OSError) as err:  # OSError: a file that cannot be read or written
+            first_line = (str(err).splitlines() or [type(err).__name__])[0]
+            print(f"lictutor: error: {first_line}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt as err:  # training says where it stopped and how to resume
+            print(f"lictutor: interrupted{': ' + str(err) if str(err) else ''}", file=sys.stderr)
+            return 130
+        finally:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     return 0
 
 

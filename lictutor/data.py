@@ -25,14 +25,14 @@ import numpy as np
 import torch
 
 from lictutor.datasets import DATASETS, DatasetSpec, RemoteFile, download, fetch  # noqa: F401 (re-exported)
-from lictutor.errors import LictutorError
+from lictutor.errors import LictutorError, LictutorWarning
 from lictutor.images import (  # noqa: F401 (re-exported)
     IMAGE_EXTENSIONS, check_uint8_rgb, load_image, save_image, to_tensor, to_uint8,
 )
 from lictutor.paths import lictutor_home  # noqa: F401 (re-exported)
 
 __all__ = [
-    "builtin_photos", "builtin_split", "train_images", "eval_images", "center_crop", "folder_images",
+    "builtin_photos", "builtin_split", "train_images", "eval_images", "center_crop", "folder_images", "read_images",
     "RandomCrops", "training_set",
 ]
 
@@ -131,22 +131,44 @@ def center_crop(img: np.ndarray, size: int | None) -> np.ndarray:
     return img[top : top + size, left : left + size]
 
 
-def folder_images(folder: str | os.PathLike) -> list[tuple[str, np.ndarray]]:
-    """Every image directly inside ``folder`` as ``(file name, image)``, sorted by name.
+def folder_images(folder: str | os.PathLike, limit: int | None = None) -> list[tuple[str, np.ndarray]]:
+    """Every image directly inside ``folder`` as ``(file name, image)``, sorted by name (the
+    first ``limit`` of them when given).
 
     Files with an image extension (:data:`IMAGE_EXTENSIONS`, any case) are read; hidden
-    files are skipped. A missing folder, or one without images, raises :class:`LictutorError`.
+    files are skipped. A missing folder, one without images, or an unreadable image raises
+    :class:`LictutorError` (:func:`read_images` skips unreadable images instead).
     """
+    images, failures = read_images(folder, limit)
+    if failures:
+        raise LictutorError(failures[0])
+    return images
+
+
+def read_images(folder: str | os.PathLike, limit: int | None = None) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
+    """``(images, failures)``: the images of :func:`folder_images` that could be read, and one
+    message per image file that could not, so that a long evaluation can skip a bad file and
+    still report it."""
     folder = Path(folder)
+    if folder.is_file():
+        raise LictutorError(f"'{folder}' is a file; expected a folder of images")
     if not folder.is_dir():
         raise LictutorError(f"image folder '{folder}' does not exist")
+    if limit is not None and limit < 1:
+        raise LictutorError(f"limit must be at least 1 image, got {limit}")
     files = sorted(
         p for p in folder.iterdir()
         if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-    )
+    )[:limit]
     if not files:
         raise LictutorError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in '{folder}'")
-    return [(p.name, load_image(p)) for p in files]
+    images, failures = [], []
+    for p in files:
+        try:
+            images.append((p.name, load_image(p)))
+        except LictutorError as err:
+            failures.append(str(err))
+    return images, failures
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,7 +215,7 @@ class RandomCrops(torch.utils.data.Dataset):
             self.images.append(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1))
         if skipped:
             warnings.warn(f"skipped {len(skipped)} images smaller than {crop}×{crop}: "
-                          + ", ".join(skipped), stacklevel=2)
+                          + ", ".join(skipped), LictutorWarning, stacklevel=2)
         if not self.images:
             raise LictutorError(f"no images to crop: none is at least {crop}×{crop}"
                                 if skipped else "no images given")

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 import torch.hub
 
-from lictutor.errors import LictutorError
+from lictutor.errors import LictutorError, LictutorWarning
 from lictutor.images import IMAGE_EXTENSIONS
 from lictutor.paths import lictutor_home
 
@@ -158,7 +158,7 @@ def _sha256sum(path: Path) -> str:
 def _warn_if_unverified(remote: RemoteFile, spec: DatasetSpec, path: Path) -> None:
     if remote.sha256 is None and spec.sha1_all is None:
         warnings.warn(f"{remote.url} has no published checksum, so it could not be verified; "
-                      f"its sha256 is {_sha256sum(path)}", stacklevel=3)
+                      f"its sha256 is {_sha256sum(path)}", LictutorWarning, stacklevel=3)
 
 
 def _check_sha1_all(spec: DatasetSpec, root: Path) -> None:

@@ -20,6 +20,7 @@ while decoding -- a damaged, truncated or forged file -- raises :class:`Lictutor
 
 from __future__ import annotations
 
+import inspect
 import os
 from functools import partial
 
@@ -46,11 +47,12 @@ def latent_shape(height: int, width: int, stride: int) -> tuple[int, int]:
     return -(-height // stride), -(-width // stride)
 
 
-def compress_image(model, img: np.ndarray, model_name: str) -> bytes:
+def compress_image(model, img: np.ndarray, model_name: str, progress: bool = False) -> bytes:
     """The bytes of a ``.lic`` file holding ``img`` (``uint8`` H×W×3) coded by ``model``.
 
     ``model_name`` is its name in :data:`lictutor.models.MODELS` (a checkpoint's ``"model"``).
-    Stale CDF tables are rebuilt first (see :mod:`lictutor.entropy.base`).
+    Stale CDF tables are rebuilt first (see :mod:`lictutor.entropy.base`). ``progress``: passed
+    to models whose coding is slow enough to show a bar (the serial context model's).
     """
     x = to_tensor(img)[None]  # checks the image
     height, width = img.shape[:2]
@@ -58,7 +60,7 @@ def compress_image(model, img: np.ndarray, model_name: str) -> bytes:
     config = _prepare(model, model_name)
     stride = model.downsampling_factor
     with torch.no_grad():
-        out = model.compress(pad(x, stride).to(_device(model)))
+        out = model.compress(pad(x, stride).to(_device(model)), **_progress(model.compress, progress))
     shape = tuple(int(d) for d in out["shape"])
     if shape != latent_shape(height, width, stride):
         raise LictutorError(
@@ -69,7 +71,7 @@ def compress_image(model, img: np.ndarray, model_name: str) -> bytes:
     return bitstream.pack(bitstream.Payload(model_name, config, (height, width), shape, strings))
 
 
-def decompress_image(model, data: bytes, model_name: str) -> np.ndarray:
+def decompress_image(model, data: bytes, model_name: str, progress: bool = False) -> np.ndarray:
     """Decode the bytes of a ``.lic`` file written by :func:`compress_image` with this model.
 
     Returns ``uint8`` H×W×3 at the original size. A file that is damaged, truncated, or
@@ -89,7 +91,7 @@ def decompress_image(model, data: bytes, model_name: str) -> np.ndarray:
         raise LictutorError("corrupted .lic file: expected one string per latent")
     try:
         with torch.no_grad():
-            x_hat = model.decompress(payload.strings, payload.shape)["x_hat"]
+            x_hat = model.decompress(payload.strings, payload.shape, **_progress(model.decompress, progress))["x_hat"]
     except Exception as err:  # whatever the model's code raises on data it cannot decode
         detail = str(err) if isinstance(err, LictutorError) else f"{type(err).__name__}: {err}"
         raise LictutorError(f"corrupted .lic file: {detail}") from None
@@ -134,6 +136,11 @@ def _load(item):
     if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], str):
         return item
     raise LictutorError(f"expected a checkpoint path or a (model, model_name) pair, got {item!r:.80}")
+
+
+def _progress(method, progress: bool) -> dict:
+    """``{"progress": progress}`` for a coding method that takes it, else nothing."""
+    return {"progress": progress} if "progress" in inspect.signature(method).parameters else {}
 
 
 def _prepare(model, model_name: str) -> bytes:

@@ -9,6 +9,7 @@ Images are ``uint8`` NumPy arrays of shape H×W×3 (RGB); models see float tenso
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from lictutor.errors import LictutorError
+from lictutor.errors import LictutorError, LictutorWarning
+from lictutor.paths import write_atomic
 
 __all__ = ["IMAGE_EXTENSIONS", "load_image", "save_image", "check_uint8_rgb", "to_tensor", "to_uint8", "as_batch", "pad"]
 
@@ -28,25 +30,36 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
 
     Grayscale, 1-bit and palette images become RGB; transparent images are composited onto
     white; CMYK is converted; 16-bit images are scaled to 8 bits (65535 → 255, not clipped);
-    the EXIF orientation is applied. The whole file is decoded here, so a truncated file
-    fails now rather than halfway through training. Any file that cannot be read raises
-    :class:`LictutorError` naming it.
+    floating-point images (TIFF mode ``F``) are read on the 0–1 scale (×255) when their values
+    lie in [0, 1], on the 0–255 scale when they lie in [0, 255], and refused otherwise; the
+    EXIF orientation is applied. Of a multi-frame file (an animated GIF, a TIFF stack) the
+    first frame is read, with a :class:`LictutorWarning` saying so. The whole file is decoded
+    here, so a truncated file fails now rather than halfway through training. Any file that
+    cannot be read raises :class:`LictutorError` naming it.
     """
     path = Path(path)
     try:
         with Image.open(path) as im:
             im.load()
+            frames = getattr(im, "n_frames", 1)
             im = ImageOps.exif_transpose(im)
-            return _to_rgb(im)
+            rgb = _to_rgb(im)
     except FileNotFoundError:
         raise LictutorError(f"cannot read image '{path}': no such file") from None
     except UnidentifiedImageError:
         raise LictutorError(f"cannot read image '{path}': not an image Pillow can decode") from None
+    except LictutorError as err:
+        raise LictutorError(f"cannot read image '{path}': {err}") from None
     except Exception as err:  # Pillow's plugins raise many types (OSError, SyntaxError, ...)
         raise LictutorError(f"cannot read image '{path}': {err}") from None
+    if frames > 1:
+        warnings.warn(f"'{path.name}' holds {frames} frames; only the first is used", LictutorWarning, stacklevel=2)
+    return rgb
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:
+    if im.mode == "F":
+        return _float_to_rgb(np.asarray(im, dtype=np.float64))
     if im.mode == "I" or im.mode.startswith("I;16"):
         # 16-bit samples (Pillow opens 16-bit grayscale PNG/TIFF as I;16 or I). Pillow's own
         # convert() would clip everything above 255 to white; divide by 257 instead, the
@@ -61,18 +74,35 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
 
 
+def _float_to_rgb(values: np.ndarray) -> np.ndarray:
+    """A floating-point grayscale image as ``uint8`` RGB: [0, 1] is scaled by 255, [0, 255]
+    is taken as it is; other ranges (and NaN) are refused, since no scale is certain."""
+    if not np.isfinite(values).all():
+        raise LictutorError("a floating-point image with NaN or infinite values")
+    low, high = float(values.min()), float(values.max())
+    if low < 0 or high > 255:
+        raise LictutorError(f"a floating-point image with values in [{low:.4g}, {high:.4g}]; "
+                            "expected [0, 1] or [0, 255]")
+    scale = 255.0 if high <= 1 else 1.0
+    gray = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
 def save_image(image: np.ndarray | torch.Tensor, path: str | os.PathLike) -> None:
-    """Write a PNG (lossless, whatever the suffix says).
+    """Write a PNG (lossless); ``path`` must end in ``.png``.
 
     ``image`` is ``uint8`` H×W×3, or a float tensor [3, H, W] or [1, 3, H, W] in [0, 1].
-    Missing parent folders are created.
+    Missing parent folders are created; the file is written atomically
+    (:func:`lictutor.paths.write_atomic`).
     """
     if isinstance(image, torch.Tensor):
         image = to_uint8(image)
     check_uint8_rgb(image)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path, format="PNG")
+    if path.suffix.lower() != ".png":
+        raise LictutorError(f"images are written as PNG; name the file '{path.with_suffix('.png').name}', "
+                            f"not '{path.name}'")
+    write_atomic(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
 
 
 def check_uint8_rgb(img) -> None:

@@ -9,12 +9,14 @@ write badly:
   clipping;
 * a NaN/inf guard (on the loss and the gradient) that stops with a message naming the step;
 * a tqdm bar showing bpp and PSNR;
-* checkpoints every ``checkpoint_every`` steps, and resume after an interruption that gives the
-  same weights as an uninterrupted run (batches and noise are functions of the step, not of
-  a random-number state);
+* checkpoints every ``checkpoint_every`` steps, and on Ctrl-C (SIGINT) or SIGTERM, which stop
+  the run between two steps; the next identical call resumes from there, says so, and gives
+  the same weights as an uninterrupted run (batches and noise are functions of the step, not
+  of a random-number state);
 * a cache: a finished run is stored under ``$LICTUTOR_HOME/checkpoints`` by a key of its
   configuration (and of its warm-start weights), so re-running a notebook loads instead of
-  retraining (:func:`lictutor.checkpoint.cache_path`);
+  retraining (:func:`lictutor.checkpoint.cache_path`); an entry that fails its checks is
+  trained again, never used (:func:`lictutor.checkpoint.load_cached`);
 * a warm start (``init_from``) from another run's weights, e.g. a neighbouring λ;
 * knowledge distillation from a ``teacher``: the loss becomes ``rd · (λ·D + bpp) + Σ_t w_t ·
   KD_t`` with the weights of ``config.distill`` (:func:`lictutor.losses.distillation_loss`), held
@@ -41,8 +43,10 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, Dict
 
@@ -55,8 +59,8 @@ from tqdm import tqdm  # plain text bars: they render in terminals, notebooks an
 
 from lictutor import data, metrics, models, quantization
 from lictutor.checkpoint import (  # noqa: F401 (CHECKPOINT_FORMAT, teacher_digest, weights_digest re-exported)
-    CHECKPOINT_FORMAT, InitWeights, Teacher, cache_path, load_checkpoint, load_weights, read_checkpoint,
-    save_checkpoint, state_dict_of, teacher_digest, teacher_model, weights_digest,
+    CHECKPOINT_FORMAT, InitWeights, Teacher, cache_path, check_out, load_cached, load_checkpoint, load_finished,
+    load_weights, read_checkpoint, save_checkpoint, state_dict_of, teacher_digest, teacher_model, weights_digest,
 )
 from lictutor.config import LATENT_STRIDE, TRANSFORMS, EntropyFitConfig, TrainConfig
 from lictutor.config import budget_config  # noqa: F401 (re-exported: it lived here)
@@ -96,6 +100,7 @@ def train(
     device: str | torch.device | None = None,
     stop_after: int | None = None,
     teacher: Teacher | None = None,
+    force: bool = False,
 ) -> tuple[nn.Module, dict]:
     """Train (or load from the cache) the model that ``config`` describes (see the module
     docstring for what the loop does).
@@ -103,15 +108,18 @@ def train(
     Returns ``(model, checkpoint)``: the model in eval mode with its entropy models updated,
     and the checkpoint dict with ``step``, ``history`` (one dict per ``log_every`` steps:
     step, loss, bpp, psnr, aux, lr of the global batch, the training time so far, and ``rd``,
-    ``l1``, ``kd_<term>`` where they apply) and ``train_time`` in seconds.
+    ``l1``, ``kd_<term>`` where they apply), ``train_time`` in seconds (the run's own, also
+    when it comes from the cache) and ``cached`` (whether it did).
 
     ``init_from``: start from these weights (a checkpoint path or a state dict), part of the
     cache key; they may cover part of the model (e.g. only ``g_a``/``g_s`` of a factorized
     model in a hyperprior), the rest keeps its random initialization. ``out``: also write the
-    final (and periodic) checkpoints there; an unfinished checkpoint of the same run found there
-    is resumed, one of another run is an error. Without ``out``, periodic checkpoints go next to
-    the cache entry and are resumed from there. ``stop_after``: stop (as if interrupted) after
-    that many steps, leaving a checkpoint to resume. ``device``: default
+    final checkpoint there (atomically); a finished checkpoint of the same run found there is
+    returned as from the cache; any other existing file is an error unless ``force``, checked
+    before training starts. Periodic
+    and interrupted checkpoints go next to the cache entry (``<entry>.part.pt``) and are
+    resumed from there. ``stop_after``: stop (as if interrupted) after that many steps,
+    leaving a checkpoint to resume. ``device``: default
     :func:`lictutor.device.pick_device`; under ``torchrun`` each process takes its own GPU.
     ``teacher``: distil from this model (or checkpoint path) with the weights of
     ``config.distill``; its parameters are part of the cache key.
@@ -121,21 +129,25 @@ def train(
     init_state = state_dict_of(init_from) if init_from is not None else None
     teacher = _teacher(teacher, config)
     key, final = config.key(init_state, teacher), cache_path(config, init_state, teacher)
+    out = None if out is None else check_out(Path(out), key, force)
     rank, world = _distributed()
     device = _train_device(device, world)
-    if cache and final.exists() and stop_after is None:
-        model, ckpt = load_checkpoint(final, map_location=device)
-        if out is not None and rank == 0 and Path(out).resolve() != final.resolve():
-            save_checkpoint(out, model, config, **{k: ckpt[k] for k in ("key", "step", "history", "train_time")})
-        return model, ckpt
-    if config.batch % world:
-        raise LictutorError(f"batch {config.batch} is not divisible by {world} processes")
+    found = None if stop_after is not None else (  # a finished run, in the cache or at out
+        (load_cached(final, key, device) if cache else None) or load_finished(out, key, config.steps, device))
+    if found is not None:
+        model, ckpt = found
+        record = {k: ckpt[k] for k in ("key", "step", "history", "train_time")}
+        if rank == 0 and cache and not final.exists():  # found at out: back into the cache
+            save_checkpoint(final, model, config, **record)
+        if rank == 0 and out is not None and out.resolve() != final.resolve():
+            save_checkpoint(out, model, config, **record)
+        return model, {**ckpt, "cached": True}
     model = _new_model(config, init_state, device)
     if teacher is not None:
         teacher.to(device).eval()
     loop = _Loop(model, config, world)
-    work = Path(out) if out is not None else final.with_name(final.stem + ".part.pt")
-    loop.resume(work, key)
+    work = final.with_name(final.stem + ".part.pt")
+    loop.resume(work, key, announce=rank == 0)
 
     def save():
         save_checkpoint(work, model, config, key=key, **loop.progress(),
@@ -146,7 +158,7 @@ def train(
              stop_after=stop_after, checkpoint_every=checkpoint_every, save=save if rank == 0 else None)
     ckpt = {"key": key, **loop.progress()}
     if loop.step < config.steps:  # stopped by stop_after
-        return model.eval(), ckpt
+        return model.eval(), {**ckpt, "cached": False}
     model.update(force=True)
     model.eval()
     if rank == 0:
@@ -154,9 +166,8 @@ def train(
             save_checkpoint(final, model, config, **ckpt)
         if out is not None:
             save_checkpoint(out, model, config, **ckpt)
-        elif work.exists():
-            work.unlink()
-    return model, ckpt
+        work.unlink(missing_ok=True)
+    return model, {**ckpt, "cached": False}
 
 
 def fit_entropy_model(config: EntropyFitConfig | TrainConfig, init_from: InitWeights, *, cache: bool = True,
@@ -183,8 +194,9 @@ def fit_entropy_model(config: EntropyFitConfig | TrainConfig, init_from: InitWei
         raise LictutorError(f"init_from lacks the transforms' weights: {', '.join(missing[:3])}")
     path = cache_path(config, init_from)
     path = path.with_name("entropy-" + path.name)
-    if cache and path.exists():
-        return load_checkpoint(path, map_location=device)
+    found = load_cached(path, path.stem, device) if cache else None
+    if found is not None:
+        return found[0], {**found[1], "cached": True}
     loop = _Loop(model, config)
     loop.run(_latent_batches(config, model, device), desc=f"{config.model} entropy model", progress=progress)
     model.update(force=True)
@@ -192,7 +204,7 @@ def fit_entropy_model(config: EntropyFitConfig | TrainConfig, init_from: InitWei
     ckpt = {"key": path.stem, **loop.progress()}
     if cache:
         save_checkpoint(path, model, config, **ckpt)
-    return model, ckpt
+    return model, {**ckpt, "cached": False}
 
 
 class _Loop:
@@ -204,6 +216,8 @@ class _Loop:
 
     def __init__(self, model: nn.Module, config: TrainConfig, world: int = 1):
         self.model, self.config, self.world = model, config, world
+        if config.batch % world:
+            raise LictutorError(f"batch {config.batch} is not divisible by {world} processes")
         modules = dict(model.named_modules())
         for name in config.frozen:
             if name not in modules or name == "":
@@ -218,13 +232,15 @@ class _Loop:
                                               lr=config.aux_lr)
         self.step, self.history, self.elapsed, self.start = 0, [], 0.0, time.perf_counter()
 
-    def resume(self, path: Path, key: str) -> None:
-        """Continue from the unfinished checkpoint of this run at ``path``, if there is one."""
+    def resume(self, path: Path, key: str, announce: bool = True) -> None:
+        """Continue from the unfinished checkpoint of this run at ``path``, if there is one,
+        and (``announce``) say so in one line."""
         if not path.exists():
             return
-        ckpt = read_checkpoint(path)
-        if ckpt.get("key") != key:
-            raise LictutorError(f"'{path}' holds a checkpoint of another run; remove it or choose another out")
+        ckpt = read_checkpoint(path, key)
+        if announce:
+            print(f"resuming {self.config.model} (λ = {self.config.lmbda:g}) at step {ckpt['step']} of "
+                  f"{self.config.steps}, from the checkpoint an interrupted run left")
         load_weights(self.model, ckpt["state_dict"], f"checkpoint '{path}'")
         if "optimizer" in ckpt:
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -240,7 +256,8 @@ class _Loop:
             stop_after: int | None = None, checkpoint_every: int = 0, save=None) -> None:
         """Steps until ``config.steps`` (or ``stop_after`` steps, then ``save()``), with
         ``save()`` every ``checkpoint_every`` steps too; the trained parameters are trainable
-        again afterwards."""
+        again afterwards. SIGINT or SIGTERM stop the loop after the step they arrive in, with
+        ``save()``, raising :class:`KeyboardInterrupt` (:func:`_signals_between_steps`)."""
         config = self.config
         if self.step >= config.steps:  # resumed from a finished run's checkpoint: nothing to do
             return
@@ -249,7 +266,8 @@ class _Loop:
         schedule = LambdaLR(self.optimizer, lambda s: lr_factor(s, config), last_epoch=self.step - 1)
         self.start = time.perf_counter() - self.elapsed
         self.model.train()
-        with tqdm(total=config.steps, initial=self.step, disable=not progress, desc=desc) as bar:
+        with tqdm(total=config.steps, initial=self.step, disable=not progress, desc=desc) as bar, \
+                _signals_between_steps() as caught:
             while self.step < config.steps:
                 losses = batch_losses(self.step)
                 aux = self._update(losses, desc)
@@ -259,9 +277,13 @@ class _Loop:
                 if self.step < config.steps:
                     schedule.step()  # the learning rate of the next step
                 bar.update(1)
-                interrupted = stop_after is not None and self.step >= stop_after
+                interrupted = bool(caught) or (stop_after is not None and self.step >= stop_after)
                 if save is not None and ((checkpoint_every and self.step % checkpoint_every == 0) or interrupted):
                     save()
+                if caught:
+                    bar.close()
+                    resume = "; running the same again resumes from there" if save is not None else ""
+                    raise KeyboardInterrupt(f"{desc} stopped at step {self.step} of {config.steps}{resume}")
                 if interrupted:
                     break
         self.model.requires_grad_(True)  # frozen only for this run: the model trains as any other
@@ -306,6 +328,30 @@ class _Loop:
                      time=time.perf_counter() - self.start, **{k: logged[k] for k in terms})
         self.history.append(entry)
         bar.set_postfix(**shown)
+
+
+@contextmanager
+def _signals_between_steps():
+    """Within the block, SIGINT (Ctrl-C, a notebook's interrupt) and SIGTERM only append to
+    the yielded list, which the loop checks after each step, so that a run never stops
+    halfway through an optimizer step; a second signal stops at once. Signal handlers can
+    be set in the main thread only: elsewhere the signals act as usual."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+
+    def handler(signum, frame):
+        if caught:
+            raise KeyboardInterrupt
+        caught.append(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
 def _is_aux(name: str) -> bool:

@@ -4,6 +4,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from lictutor import codecs, data, evaluate
 from lictutor.budget import get_budget
@@ -128,10 +129,10 @@ def test_errors_are_one_line(checkpoints, folder, tmp_path, capsys):
         "unknown model": ("train", "--model", "nope", "--lmbda", "0.01", "--out", tmp_path / "x.pt"),
         "lmbda": ("train", "--lmbda", "-1", "--out", tmp_path / "x.pt", "--budget", "smoke"),
         "unknown budget": ("train", "--lmbda", "0.01", "--out", tmp_path / "x.pt", "--budget", "huge"),
-        "no checkpoint": ("compress", "--checkpoint", tmp_path / "missing.pt", folder / "a.png", lic),
-        "cannot read checkpoint": ("compress", "--checkpoint", lic, folder / "a.png", tmp_path / "b.lic"),
+        "no checkpoint": ("compress", "--checkpoint", tmp_path / "missing.pt", folder / "a.png", tmp_path / "b.lic"),
+        "not a PyTorch file": ("compress", "--checkpoint", lic, folder / "a.png", tmp_path / "b.lic"),
         "cannot read image": ("compress", "--checkpoint", low, tmp_path / "missing.png", tmp_path / "b.lic"),
-        "No such file": ("compress", "--checkpoint", low, folder / "a.png", tmp_path / "no" / "dir" / "b.lic"),
+        "is a folder": ("compress", "--checkpoint", low, folder / "a.png", tmp_path / "empty"),
         "other weights": ("decompress", "--checkpoint", high, lic, tmp_path / "a.png"),
         "not a .lic file": ("decompress", "--checkpoint", low, folder / "a.png", tmp_path / "a.png"),
         "no images": ("eval", "--checkpoint", low, "--images", tmp_path / "empty"),
@@ -154,3 +155,110 @@ def test_python_dash_m(tmp_path):
                            str(tmp_path / "missing.pt"), "x.lic", "x.png"], capture_output=True, text=True)
     assert done.returncode == 1
     assert done.stderr == f"lictutor: error: no checkpoint at '{tmp_path / 'missing.pt'}'\n"
+
+
+# --- nothing lost, nothing trusted blindly (issue 17) ------------------------------------------
+
+
+def test_outputs_never_replace_inputs_or_existing_files(checkpoints, folder, tmp_path, capsys):
+    low, _ = checkpoints
+    photo = tmp_path / "photo.png"
+    photo.write_bytes((folder / "a.png").read_bytes())
+    original = photo.read_bytes()
+    code, _, err = run(capsys, "compress", "--checkpoint", low, photo, photo)
+    assert code == 1 and "is the input" in err and photo.read_bytes() == original
+    lic = tmp_path / "a.lic"
+    assert run(capsys, "compress", "--checkpoint", low, photo, lic)[0] == 0
+    coded = lic.read_bytes()
+    code, _, err = run(capsys, "decompress", "--checkpoint", low, lic, lic)
+    assert code == 1 and "is the input" in err and lic.read_bytes() == coded
+    code, _, err = run(capsys, "compress", "--checkpoint", low, photo, low)
+    assert code == 1 and "is the input" in err and load_checkpoint(low)
+    code, _, err = run(capsys, "decompress", "--checkpoint", low, lic, photo)
+    assert code == 1 and "already exists; use --force" in err and photo.read_bytes() == original
+    code, _, _ = run(capsys, "decompress", "--checkpoint", low, lic, photo, "--force")
+    assert code == 0 and photo.read_bytes() != original
+    code, _, err = run(capsys, "decompress", "--checkpoint", low, lic, tmp_path / "out.jpg")
+    assert code == 1 and "decompress writes PNG; name the output 'out.png'" in err
+    assert not (tmp_path / "out.jpg").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.lic", "photo.png"]  # no temporary files left
+
+
+def test_train_out_is_never_replaced_unasked(tmp_path, capsys):
+    args = ["train", "--budget", "SMOKE", "--steps", 2, "--lmbda", 0.0067, "--quiet"]
+    assert run(capsys, *args, "--out", tmp_path / "m.pt")[0] == 0  # now cached; the budget's case is ignored
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"\x89PNG precious")
+    code, _, err = run(capsys, *args, "--out", photo)
+    assert code == 1 and "does not hold this run's checkpoint; use --force" in err
+    assert photo.read_bytes() == b"\x89PNG precious"
+    code, out, _ = run(capsys, *args, "--out", tmp_path / "copy.pt")
+    assert code == 0 and "copied from the cache; it trained for" in out
+
+
+def test_ctrl_c_leaves_a_checkpoint_the_same_command_resumes(tmp_path, monkeypatch, capsys):
+    import signal
+
+    import lictutor.train as train_module
+    from lictutor.train import train
+
+    config = budget_config(get_budget("smoke"), 0.0067, steps=6)
+    monkeypatch.setenv("LICTUTOR_HOME", str(tmp_path / "reference"))
+    reference, _ = train(config, progress=False)
+    monkeypatch.setenv("LICTUTOR_HOME", str(tmp_path / "home"))
+    original = train_module._Loop._update
+
+    def update(self, losses, desc):
+        aux = original(self, losses, desc)
+        if self.step == 3:  # in the 4th step
+            signal.raise_signal(signal.SIGINT)
+        return aux
+
+    args = ["train", "--budget", "smoke", "--steps", 6, "--lmbda", 0.0067, "--out", tmp_path / "m.pt", "--quiet"]
+    monkeypatch.setattr(train_module._Loop, "_update", update)
+    code, _, err = run(capsys, *args)
+    assert code == 130 and err == ("lictutor: interrupted: factorized stopped at step 4 of 6; "
+                                   "running the same again resumes from there\n")
+    assert not (tmp_path / "m.pt").exists()
+    monkeypatch.setattr(train_module._Loop, "_update", original)
+    code, out, _ = run(capsys, *args)
+    assert code == 0 and "resuming factorized (λ = 0.0067) at step 4 of 6" in out
+    resumed = load_checkpoint(tmp_path / "m.pt")[0].state_dict()
+    assert all(torch.equal(resumed[k], v) for k, v in reference.state_dict().items())
+
+
+def test_a_damaged_cache_entry_is_one_warning_and_trained_again(tmp_path, capsys):
+    args = ["train", "--budget", "smoke", "--steps", 2, "--lmbda", 0.0067, "--quiet"]
+    assert run(capsys, *args, "--out", tmp_path / "a.pt")[0] == 0
+    entry = cache_path(budget_config(get_budget("smoke"), 0.0067, steps=2))
+    entry.write_bytes(entry.read_bytes()[:-100])
+    code, out, err = run(capsys, *args, "--out", tmp_path / "b.pt")
+    assert code == 0 and "copied from the cache" not in out
+    assert err.startswith(f"lictutor: warning: cache entry {entry.name} not used") and err.count("\n") == 1
+    assert (tmp_path / "a.pt").read_bytes() != b"" and load_checkpoint(tmp_path / "b.pt")
+
+
+def test_eval_and_baselines_skip_unreadable_images_and_fail_at_the_end(checkpoints, folder, tmp_path, capsys):
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name in ("a.png", "c.png"):
+        (mixed / name).write_bytes((folder / name).read_bytes())
+    (mixed / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    low, _ = checkpoints
+    for command in (["eval", "--checkpoint", low], ["baselines", "--codecs", "jpeg"]):
+        out = tmp_path / f"{command[0]}.json"
+        code, stdout, err = run(capsys, *command, "--images", mixed, "--json", out, "--quiet")
+        assert code == 1 and "2 images from" in stdout and f"wrote {out}" in stdout
+        lines = err.splitlines()
+        assert lines[0].startswith("lictutor: warning: skipped: cannot read image") and "b.png" in lines[0]
+        assert lines[1].startswith("lictutor: error: 1 image(s)") and len(lines) == 2
+        assert json.loads(out.read_text())
+        code, _, err = run(capsys, *command, "--images", mixed, "--json", out, "--quiet")
+        assert code == 1 and "already exists" in err  # checked before any work
+    for bad in ("-1", "0", "two"):
+        code, _, err = run(capsys, "eval", "--checkpoint", low, "--images", folder, "--max-images", bad)
+        assert code == 1 and "expected a whole number of at least 1" in err
+    code, stdout, _ = run(capsys, "baselines", "--codecs", "jpeg", "--images", folder, "--max-images", 2, "--quiet")
+    assert code == 0 and stdout.startswith("2 images from")
+    code, _, err = run(capsys, "eval", "--checkpoint", low, "--images", folder / "a.png")
+    assert code == 1 and "is a file; expected a folder of images" in err

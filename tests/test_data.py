@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lictutor import LictutorError, data
+from lictutor import LictutorError, LictutorWarning, data
 
 
 def _write_png16_rgb(path, rgb16):
@@ -447,3 +447,43 @@ def test_eval_images_count_and_centre_crop():
     # a side shorter than the crop is kept whole
     tall = np.zeros((100, 300, 3), np.uint8)
     assert data.center_crop(tall, 200).shape == (100, 200, 3)
+
+
+def test_float_images_are_scaled_by_their_range_or_refused(tmp_path):
+    ramp = np.linspace(0, 1, 20, dtype=np.float32).reshape(4, 5)
+    Image.fromarray(ramp, mode="F").save(tmp_path / "unit.tif")
+    img = data.load_image(tmp_path / "unit.tif")
+    assert np.array_equal(img[..., 0], np.rint(ramp * 255).astype(np.uint8)) and img[..., 0].max() == 255
+    Image.fromarray(ramp * 255, mode="F").save(tmp_path / "byte.tif")
+    assert np.array_equal(data.load_image(tmp_path / "byte.tif"), img)
+    for name, values in (("wide", ramp * 1000), ("negative", ramp - 0.5), ("nan", ramp * np.nan)):
+        Image.fromarray(values.astype(np.float32), mode="F").save(tmp_path / f"{name}.tif")
+        with pytest.raises(LictutorError, match=rf"cannot read image '.*{name}.tif': a floating-point image"):
+            data.load_image(tmp_path / f"{name}.tif")
+
+
+def test_multi_frame_images_use_the_first_frame_and_say_so(tmp_path):
+    frames = [Image.new("RGB", (5, 4), color) for color in ((200, 0, 0), (0, 200, 0))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    with pytest.warns(LictutorWarning, match="'anim.gif' holds 2 frames; only the first is used"):
+        img = data.load_image(tmp_path / "anim.gif")
+    assert img[0, 0, 0] > 150 and img[0, 0, 1] < 50
+
+
+def test_read_images_skips_what_it_cannot_read(tmp_path):
+    data.save_image(np.zeros((4, 5, 3), np.uint8), tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"broken")
+    images, failures = data.read_images(tmp_path)
+    assert [name for name, _ in images] == ["a.png"] and len(failures) == 1 and "b.png" in failures[0]
+    with pytest.raises(LictutorError, match="b.png"):
+        data.folder_images(tmp_path)
+    assert [name for name, _ in data.read_images(tmp_path, limit=1)[0]] == ["a.png"]
+    with pytest.raises(LictutorError, match="at least 1 image"):
+        data.read_images(tmp_path, limit=0)
+
+
+def test_save_image_writes_png_only_and_atomically(tmp_path):
+    with pytest.raises(LictutorError, match="name the file 'x.png', not 'x.jpg'"):
+        data.save_image(np.zeros((4, 5, 3), np.uint8), tmp_path / "x.jpg")
+    data.save_image(np.zeros((4, 5, 3), np.uint8), tmp_path / "x.PNG")
+    assert [p.name for p in tmp_path.iterdir()] == ["x.PNG"]

@@ -165,3 +165,21 @@ def test_compress_image_roundtrip_70x90():
         x_ref = ref.decompress([list(g) for g in payload.strings], payload.shape)["x_hat"]
     expected = (x_ref[0, :, :70, :90].permute(1, 2, 0) * 255).round().clamp(0, 255)
     assert np.abs(decoded.astype(int) - expected.numpy().astype(int)).max() <= 1
+
+
+def test_large_images_show_a_bar_and_an_estimate(monkeypatch, capsys):
+    import lictutor.models.context as context
+
+    torch.manual_seed(0)
+    model = Ours(N=8, M=12).eval()
+    img = (np.random.default_rng(0).random((128, 192, 3)) * 255).astype(np.uint8)
+    quiet = compress_image(model, img, "context")  # 8×12 positions: under the threshold, no bar
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(context, "PROGRESS_POSITIONS", 96)
+    blob = compress_image(model, img, "context", progress=True)
+    err = capsys.readouterr()
+    assert blob == quiet
+    assert "context model: 8×12 latent positions, coded one after another: about" in err.out + err.err
+    assert "8/8" in err.err  # the bar over the rows
+    assert np.array_equal(decompress_image(model, blob, "context", progress=True),
+                          decompress_image(model, blob, "context"))

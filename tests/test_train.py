@@ -13,7 +13,7 @@ import torch
 import lictutor.train as train_module
 from lictutor import data, metrics, models, quantization
 from lictutor.budget import BUDGETS
-from lictutor.checkpoint import CHECKPOINT_FORMAT, cache_path, load_checkpoint, save_checkpoint
+from lictutor.checkpoint import CHECKPOINT_FORMAT, cache_path, content_digest, load_checkpoint, save_checkpoint
 from lictutor.config import EntropyFitConfig, TrainConfig, budget_config
 from lictutor.device import seed_everything
 from lictutor.errors import LictutorError
@@ -193,7 +193,7 @@ def test_out_holding_another_run_is_an_error(tmp_path):
     other = tiny(lmbda=0.05)
     save_checkpoint(out, models.create("factorized", N=8, M=12), other, key=other.key(), step=1,
                     history=[], train_time=0.0)
-    with pytest.raises(LictutorError, match="another run"):
+    with pytest.raises(LictutorError, match="does not hold this run's checkpoint; use --force"):
         train(tiny(), out=out, cache=False, progress=False)
 
 
@@ -245,7 +245,7 @@ def test_bad_checkpoint_files(tmp_path):
     with pytest.raises(LictutorError, match="cannot read"):
         load_checkpoint(tmp_path / "garbage.pt")
     torch.save({"format": CHECKPOINT_FORMAT, "payload": Payload()}, tmp_path / "code.pt")
-    with pytest.raises(LictutorError, match="cannot read"):
+    with pytest.raises(LictutorError, match="refused checkpoint .*nothing in it was run"):
         load_checkpoint(tmp_path / "code.pt")
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(LictutorError, match="not a lictutor checkpoint"):
@@ -255,6 +255,7 @@ def test_bad_checkpoint_files(tmp_path):
     save_checkpoint(tmp_path / "ok.pt", models.create("factorized", N=8, M=12), config)
     ckpt = torch.load(tmp_path / "ok.pt", weights_only=True)
     ckpt["model_args"] = {"N": 16, "M": 12}
+    ckpt["digest"] = content_digest(ckpt)  # crafted, not damaged
     torch.save(ckpt, tmp_path / "wrong.pt")
     with pytest.raises(LictutorError, match="do not fit"):
         load_checkpoint(tmp_path / "wrong.pt")

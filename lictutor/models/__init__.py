@@ -4,6 +4,8 @@
 the trainer and checkpoints use).
 """
 
+from numbers import Integral
+
 from lictutor.errors import LictutorError
 from lictutor.models.base import CompressionModel
 from lictutor.models.checkerboard import CheckerboardContext
@@ -15,8 +17,12 @@ from lictutor.models.hyperprior import MeanScaleHyperprior, ScaleHyperprior
 __all__ = [
     "CompressionModel", "FactorizedPrior", "FactorizedPrior2017", "ScaleHyperprior",
     "MeanScaleHyperprior", "JointAutoregressiveHierarchicalPriors", "CheckerboardContext",
-    "FastLIC", "MODELS", "create",
+    "FastLIC", "MODELS", "MAX_CHANNELS", "create",
 ]
+
+#: the most channels ``N`` or ``M`` (or mixture components) :func:`create` builds: 1024 is five
+#: times the widest published model (M = 320), and bounds the memory a crafted checkpoint can ask for
+MAX_CHANNELS = 1024
 
 #: name -> model class
 MODELS = {
@@ -31,9 +37,17 @@ MODELS = {
 
 
 def create(name: str, **kwargs) -> CompressionModel:
-    """A new, randomly initialized model: ``create("factorized", N=128, M=192)``."""
+    """A new, randomly initialized model: ``create("factorized", N=128, M=192)``.
+
+    Whole-number arguments (``N``, ``M``, ``components``) must lie in 1 … :data:`MAX_CHANNELS`.
+    """
     if name not in MODELS:
         raise LictutorError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
+    for arg in ("N", "M", "components"):
+        value = kwargs.get(arg, 1)
+        if isinstance(value, bool) or not isinstance(value, Integral) or not 1 <= value <= MAX_CHANNELS:
+            raise LictutorError(f"bad arguments for model {name!r}: {arg} must be a whole number "
+                                f"from 1 to {MAX_CHANNELS}, got {value!r:.40}")
     try:
         return MODELS[name](**kwargs)
     except TypeError as err:
