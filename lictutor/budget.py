@@ -1,15 +1,22 @@
-"""Compute budgets: one notebook, three sizes of run.
+"""Compute budgets: one notebook, four sizes of run.
 
 Every chapter reads its knobs (training steps, crop size, batch, channel widths, λ values,
 evaluation images) from the active :class:`Budget`, so the same notebook runs
 
 * ``smoke``: in CI, each chapter in under 2 minutes on 2 CPU cores (checks that it runs);
-* ``cpu``: the published outputs, each chapter within about 45 minutes on 2 CPU cores,
-  still large enough to show the paper's claim;
-* ``full``: paper-scale settings for a GPU.
+* ``cpu``: the published outputs, each chapter within about 45 minutes on 2 CPU cores;
+* ``gpu``: the papers' widths (N = 128, M = 192) on 256² crops, each chapter within about an
+  hour on a Colab-class GPU (an NVIDIA T4, 16 GB) once the previous chapters' models are
+  cached. Sized from measured costs (``benchmarks/budget_sizes.py``): a training step of
+  8 crops of 256² is 131–171 GMAC (forward and backward, by family) and under 1 GB of
+  activations, about 0.10–0.13 s on a T4 at a third of its float32 peak -- an *estimate*
+  until measured on one -- so 5,000 steps cost about what 4,000 cost at the cpu budget
+  (0.15–0.19 s a step on 2 cores);
+* ``full``: paper-scale settings (500,000 steps, 8 λ): days per chapter, chosen explicitly.
 
-The budget is chosen by ``LICTUTOR_BUDGET`` if set; otherwise ``smoke`` when ``CI=true``,
-``full`` when CUDA is available, and ``cpu`` without it.
+The budget is chosen by ``LICTUTOR_BUDGET`` if set (any case); otherwise ``smoke`` when
+``CI=true``, ``gpu`` when CUDA is available, and ``cpu`` without it -- also on Apple silicon
+(``mps``), whose speed for these models has not been measured: the cpu budget fits any Mac.
 """
 
 from __future__ import annotations
@@ -61,6 +68,11 @@ BUDGETS: dict[str, Budget] = {
         lmbdas=(0.0018, 0.0035, 0.0067, 0.013),
         lr=2e-3, eval_images=None, eval_size=None, codec_points=8, seeds=3,
     ),
+    "gpu": Budget(
+        name="gpu", steps=5000, batch=8, crop=256, N=128, M=192,
+        lmbdas=(0.0018, 0.0035, 0.0067, 0.013),
+        lr=1e-3, eval_images=None, eval_size=None, codec_points=8, seeds=3,
+    ),
     "full": Budget(
         name="full", steps=500_000, batch=16, crop=256, N=128, M=192,
         lmbdas=(0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800),
@@ -82,7 +94,7 @@ def budget_name() -> str:
         return "smoke"
     import torch  # imported here so that `import lictutor` stays light
 
-    return "full" if torch.cuda.is_available() else "cpu"
+    return "gpu" if torch.cuda.is_available() else "cpu"
 
 
 def get_budget(name: str | None = None) -> Budget:

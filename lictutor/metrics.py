@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from pytorch_msssim import ms_ssim as _ms_ssim
 from scipy.interpolate import Akima1DInterpolator, PchipInterpolator
 
+from lictutor.device import float64
 from lictutor.errors import LictutorError
 from lictutor.images import as_batch
 
@@ -35,7 +36,7 @@ def _as_tensor(x):
     if not isinstance(x, torch.Tensor):
         raise LictutorError(f"expected a NumPy array or a torch tensor, got {type(x).__name__}")
     peak = 255.0 if x.dtype == torch.uint8 else 1.0
-    return x.detach().double(), peak
+    return float64(x.detach()), peak
 
 
 def psnr(a, b, peak=None):

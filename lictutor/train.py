@@ -69,7 +69,7 @@ from lictutor.errors import LictutorError
 from lictutor.intermediates import codec_forward, record
 from lictutor.losses import DISTORTIONS, RateDistortionLoss, add_l1_sparsity, distillation_loss, kd_factor  # noqa: F401 (DISTORTIONS re-exported)
 
-__all__ = ["train", "fit_entropy_model", "lr_factor"]
+__all__ = ["train", "fit_entropy_model", "lr_factor", "training_time"]
 
 #: ``batch_losses(step) -> losses``: the losses of one step (``"loss"`` and ``"bpp"``, and
 #: ``"mse"`` and further terms to log where there are), for :meth:`_Loop.run`
@@ -77,6 +77,16 @@ BatchLosses = Callable[[int], Dict[str, Tensor]]
 #: the terms besides loss, bpp and mse that the history records: the RD loss and the L1 term
 #: (``rd``, ``l1``) and every distillation term (``kd_<term>``)
 _LOGGED = ("rd", "l1")
+#: the training time (s) of every finished model :func:`train` and :func:`fit_entropy_model`
+#: returned in this process, trained or loaded, by run key (see :func:`training_time`)
+_RETURNED: Dict[str, float] = {}
+
+
+def training_time() -> tuple[float, int]:
+    """``(seconds, models)``: how long the finished models returned so far in this process
+    took to train, each counted once and read from its checkpoint's record whether it was
+    trained now or loaded from the cache -- what a chapter's models cost from an empty cache."""
+    return sum(_RETURNED.values()), len(_RETURNED)
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -141,7 +151,7 @@ def train(
             save_checkpoint(final, model, config, **record)
         if rank == 0 and out is not None and out.resolve() != final.resolve():
             save_checkpoint(out, model, config, **record)
-        return model, {**ckpt, "cached": True}
+        return _finished(key, model, ckpt, cached=True)
     model = _new_model(config, init_state, device)
     if teacher is not None:
         teacher.to(device).eval()
@@ -167,7 +177,7 @@ def train(
         if out is not None:
             save_checkpoint(out, model, config, **ckpt)
         work.unlink(missing_ok=True)
-    return model, {**ckpt, "cached": False}
+    return _finished(key, model, ckpt, cached=False)
 
 
 def fit_entropy_model(config: EntropyFitConfig | TrainConfig, init_from: InitWeights, *, cache: bool = True,
@@ -196,7 +206,7 @@ def fit_entropy_model(config: EntropyFitConfig | TrainConfig, init_from: InitWei
     path = path.with_name("entropy-" + path.name)
     found = load_cached(path, path.stem, device) if cache else None
     if found is not None:
-        return found[0], {**found[1], "cached": True}
+        return _finished(path.stem, *found, cached=True)
     loop = _Loop(model, config)
     loop.run(_latent_batches(config, model, device), desc=f"{config.model} entropy model", progress=progress)
     model.update(force=True)
@@ -204,7 +214,14 @@ def fit_entropy_model(config: EntropyFitConfig | TrainConfig, init_from: InitWei
     ckpt = {"key": path.stem, **loop.progress()}
     if cache:
         save_checkpoint(path, model, config, **ckpt)
-    return model, {**ckpt, "cached": False}
+    return _finished(path.stem, model, ckpt, cached=False)
+
+
+def _finished(key: str, model: nn.Module, ckpt: dict, cached: bool) -> tuple[nn.Module, dict]:
+    """What :func:`train` and :func:`fit_entropy_model` return for a finished run, recorded
+    for :func:`training_time`."""
+    _RETURNED[key] = ckpt["train_time"]
+    return model, {**ckpt, "cached": cached}
 
 
 class _Loop:

@@ -27,25 +27,30 @@ def test_ci_means_smoke(clean_env):
     assert get_budget().name == "smoke"
 
 
-def test_default_follows_cuda(clean_env):
+def test_default_follows_cuda_and_full_is_only_chosen(clean_env):
     clean_env.setattr(torch.cuda, "is_available", lambda: True)
-    assert budget_name() == "full"
+    assert budget_name() == "gpu"
     clean_env.setattr(torch.cuda, "is_available", lambda: False)
     assert budget_name() == "cpu"
+    clean_env.setattr(torch.backends.mps, "is_available", lambda: True)  # Apple silicon
+    assert budget_name() == "cpu"
+    for name in ("full", "FULL", " gpu "):
+        clean_env.setenv("LICTUTOR_BUDGET", name)
+        assert budget_name() == name.strip().lower() and get_budget().name == name.strip().lower()
 
 
 def test_unknown_budget_is_a_clear_error(clean_env):
     clean_env.setenv("LICTUTOR_BUDGET", "huge")
-    with pytest.raises(LictutorError, match="smoke, cpu, full"):
+    with pytest.raises(LictutorError, match="smoke, cpu, gpu, full"):
         get_budget()
     with pytest.raises(LictutorError):
         get_budget("tiny")
 
 
 def test_budgets_grow_from_smoke_to_full():
-    smoke, cpu, full = (BUDGETS[k] for k in ("smoke", "cpu", "full"))
+    smoke, cpu, gpu, full = (BUDGETS[k] for k in ("smoke", "cpu", "gpu", "full"))
     for knob in ("steps", "crop", "N", "M", "codec_points"):
-        assert getattr(smoke, knob) < getattr(cpu, knob) <= getattr(full, knob), knob
+        assert getattr(smoke, knob) < getattr(cpu, knob) <= getattr(gpu, knob) <= getattr(full, knob), knob
     for b in BUDGETS.values():
         assert b.crop % 64 == 0, "hyperprior models need crops divisible by 64"
         assert list(b.lmbdas) == sorted(b.lmbdas)

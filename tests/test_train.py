@@ -413,3 +413,14 @@ def test_l1_with_distillation_into_a_pruned_student():
     (h,) = ckpt["history"]
     assert h["loss"] == pytest.approx(h["rd"] + 0.2 * h["kd_y"] + 0.2 * h["kd_x_hat"] + 0.5 * h["l1"], rel=1e-5)
     assert model.removed == ("g_s.2",)
+
+
+def test_training_time_counts_each_model_once_trained_or_loaded(monkeypatch):
+    monkeypatch.setattr(train_module, "_RETURNED", {})
+    _, first = train(tiny(), progress=False)
+    _, again = train(tiny(), progress=False)  # from the cache: its record, not this call's time
+    _, other = train(tiny(lmbda=0.05), progress=False)
+    assert again["cached"] and again["train_time"] == first["train_time"]
+    assert train_module.training_time() == (first["train_time"] + other["train_time"], 2)
+    train(tiny(steps=9), progress=False, stop_after=2)  # unfinished: not counted
+    assert train_module.training_time()[1] == 2

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from lictutor.device import float64
 from lictutor.entropy import coder
 from lictutor.entropy.gaussian import standard_normal_cdf
 from lictutor.errors import LictutorError
@@ -83,8 +84,8 @@ class GaussianMixtureConditional(nn.Module):
     def _tables(self, logits: Tensor, means: Tensor, scales: Tensor):
         """``(centres, (cdfs, lengths, offsets))``: one CDF per element, in order."""
         K = logits.size(-1)
-        logits, means = logits.reshape(-1, K).double(), means.reshape(-1, K).double()
-        scales = self.lower_bound_scale(scales.reshape(-1, K)).double()
+        logits, means = float64(logits.reshape(-1, K)), float64(means.reshape(-1, K))
+        scales = float64(self.lower_bound_scale(scales.reshape(-1, K)))
         centres = torch.round((torch.softmax(logits, -1) * means).sum(-1))
         if not bool(torch.isfinite(centres).all() & torch.isfinite(scales).all()):
             raise LictutorError("mixture parameters are not finite (has the model diverged?)")
@@ -111,7 +112,7 @@ class GaussianMixtureConditional(nn.Module):
         """One string for ``values`` (integers, as floats); parameters shaped ``values``
         plus K."""
         centres, tables = self._tables(logits, means, scales)
-        symbols = values.reshape(-1).double() - centres
+        symbols = float64(values.reshape(-1)) - centres
         coder.check_range(symbols)
         return coder.encode(symbols.long().tolist(), list(range(len(centres))), tables)
 
@@ -121,7 +122,7 @@ class GaussianMixtureConditional(nn.Module):
         centres, tables = self._tables(logits, means, scales)
         symbols = coder.decode(string, list(range(len(centres))), tables, "mixture")
         decoded = torch.tensor(symbols, dtype=torch.int64, device=centres.device)
-        return (decoded.double() + centres).to(means.dtype).reshape(means.shape[:-1])
+        return (decoded.double() + centres).to(means).reshape(means.shape[:-1])
 
 
 def _quantized_cdf(pmf: Tensor, precision: int) -> Tensor:
