@@ -59,7 +59,7 @@ from tqdm import tqdm  # plain text bars: they render in terminals, notebooks an
 
 from lictutor import data, metrics, models, quantization
 from lictutor.checkpoint import (  # noqa: F401 (CHECKPOINT_FORMAT, teacher_digest, weights_digest re-exported)
-    CHECKPOINT_FORMAT, InitWeights, Teacher, cache_path, check_out, load_cached, load_checkpoint, load_finished,
+    CHECKPOINT_FORMAT, InitWeights, Teacher, cache_path, check_out, load_cached, load_finished,
     load_weights, read_checkpoint, save_checkpoint, state_dict_of, teacher_digest, teacher_model, weights_digest,
 )
 from lictutor.config import LATENT_STRIDE, TRANSFORMS, EntropyFitConfig, TrainConfig
