@@ -111,7 +111,7 @@ def _finish(args, curves, skipped: int) -> None:
     from lictutor import results  # deferred: see the module docstring
 
     if args.json:
-        write_atomic(args.json, lambda tmp: results.save_results(curves, tmp))
+        results.save_results(curves, args.json)
         print(f"wrote {args.json}")
     if skipped:
         raise LictutorError(f"{skipped} image(s) in '{args.images}' could not be read and were skipped "

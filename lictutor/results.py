@@ -17,6 +17,7 @@ import numpy as np
 
 from lictutor.errors import LictutorError
 from lictutor.metrics import bd_psnr, bd_rate, msssim_db
+from lictutor.paths import write_atomic
 
 _ANCHORS = files("lictutor") / "anchors"
 
@@ -58,7 +59,8 @@ def _normalize(result, source):
 def save_results(results, path):
     """Write one result (a dict) or several (a list of dicts) as JSON; return the path.
 
-    Results are validated first, so a file written here always loads back. NaN (an MS-SSIM
+    Results are validated first, so a file written here always loads back; it is written
+    atomically (:func:`lictutor.paths.write_atomic`). NaN (an MS-SSIM
     that could not be computed) is written as ``NaN``, as Python's ``json`` and CompressAI do.
     """
     path = Path(path)
@@ -66,9 +68,7 @@ def save_results(results, path):
         data = [_normalize(r, path) for r in results]
     else:
         data = _normalize(results, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    return path
+    return write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def load_results(path):
