@@ -197,10 +197,11 @@ def load_cached(path: Path, key: str, map_location="cpu") -> tuple[nn.Module, di
         return None
 
 
-def check_out(out: Path, key: str, force: bool) -> Path:
+def check_out(out: Path, key: str | None, force: bool) -> Path:
     """``out``, if writing the checkpoint of the run ``key`` there loses nothing: it does not
-    exist, holds a checkpoint of this very run, or ``force``. The trainer checks it before any
-    training."""
+    exist, holds a checkpoint of this very run (any checkpoint when ``key`` is None: a recipe
+    checks that before its first stage, whose weights the last stage's key depends on), or
+    ``force``. The trainer checks it before any training."""
     if out.is_dir():
         raise LictutorError(f"--out '{out}' is a folder; name the checkpoint file to write")
     if out.exists() and not force:

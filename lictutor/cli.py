@@ -41,15 +41,15 @@ def _baselines(args) -> None:
 
 
 def _train(args) -> None:
-    from lictutor import budget, train  # deferred: see the module docstring
-    from lictutor.config import budget_config  # deferred: see the module docstring
+    from lictutor import budget, zoo  # deferred: see the module docstring
 
     b = budget.get_budget(args.budget)
-    changes = {} if args.steps is None else {"steps": args.steps}
-    config = budget_config(b, args.lmbda, model=args.model, images=args.images, **changes)
-    print(f"training {config.model} {config.model_args}, λ = {config.lmbda}, "
-          f"{config.steps} steps (budget {b.name})")
-    _, ckpt = train.train(config, out=args.out, progress=not args.quiet, force=args.force)
+    b = b if args.steps is None else b.with_(steps=args.steps)
+    print(f"training {args.model} at λ = {args.lmbda} by the book's recipe (budget {b.name}, {b.steps} steps"
+          + (", the factorized prior it starts from first)" if args.model in zoo.HYPERPRIOR_FAMILIES else ")"))
+    options = {} if args.images is None else {"images": args.images}
+    _, ckpt = zoo.trained_model(b, args.model, args.lmbda, progress=not args.quiet, out=args.out,
+                                force=args.force, **options)
     how = "copied from the cache; it trained" if ckpt["cached"] else "trained"
     print(f"wrote {args.out} ({how} for {ckpt['train_time']:.0f} s)")
 
@@ -167,16 +167,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "train", _train,
         "train a learned codec and write its checkpoint",
-        "Train a model for one rate–distortion trade-off λ with the settings of a compute budget "
-        "(steps, batch, crop, channels, learning rate). A finished run is cached: the same "
-        "command again copies the cached model.",
+        "Train a model for one rate–distortion trade-off λ by the book's recipe for its family "
+        "(lictutor.zoo.trained_model: the factorized prior from a base model at the budget's "
+        "middle λ; the hyperprior families on top of it), with the settings of a compute budget "
+        "(steps, batch, crop, channels, learning rate) and the book's training data and "
+        "augmentations. Every model of the recipe is cached: the same command again, or a "
+        "chapter that trains the same, copies the cached model.",
     )
     p.add_argument("--model", default="factorized", help="a name in lictutor.models.MODELS (default: factorized)")
     p.add_argument("--lmbda", type=float, required=True, metavar="λ", help="e.g. 0.0067 (MSE)")
-    p.add_argument("--images", metavar="DIR", help="training images (default: the book's offline photos)")
+    p.add_argument("--images", metavar="DIR", help="training images: a folder, or a data set of lictutor.datasets (e.g. "
+                   "clic2020-professional-valid) (default: the book's: built-in photos, or CLIC 2020 "
+                   "with LICTUTOR_ONLINE=1)")
     p.add_argument("--out", required=True, metavar="CKPT", help="checkpoint file to write")
-    p.add_argument("--budget", metavar="B", help="smoke, cpu or full (default: LICTUTOR_BUDGET's rule)")
-    p.add_argument("--steps", type=_positive, metavar="N", help="override the budget's number of steps")
+    p.add_argument("--budget", metavar="B", help="smoke, cpu, gpu or full (default: LICTUTOR_BUDGET's rule)")
+    p.add_argument("--steps", type=_positive, metavar="N",
+                   help="override the budget's number of steps (the recipe's stages scale with it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def coding_command(name, run, help, description, checkpoint, files):

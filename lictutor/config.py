@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Mapping
 
-from lictutor import metrics, models
+from lictutor import data, metrics, models
 from lictutor.budget import Budget
 from lictutor.checkpoint import InitWeights, Teacher, state_dict_of, teacher_digest, weights_digest
 from lictutor.errors import LictutorError
@@ -68,12 +68,18 @@ class TrainConfig:
     #: ŷ is the model output's ``"y_hat"``, the input of its ``g_s``
     l1: float = 0.0
     seed: int = 0
-    images: str | None = None  #: training folder; None: the book's offline photos
+    #: training folder or data set name (:func:`lictutor.data.image_folder`); None: the
+    #: book's offline photos
+    images: str | None = None
+    #: training augmentations, names in :data:`lictutor.data.AUGMENTATIONS`; ``()``: plain
+    #: random crops with left-right flips (the only kind before they came)
+    augment: tuple = data.DEFAULT_AUGMENT
     budget: str = ""  #: the budget that chose these settings, part of the cache key
 
     def __post_init__(self):
         if self.images is not None:  # a Path is fine too; stored as a string
             object.__setattr__(self, "images", os.fspath(self.images))
+        object.__setattr__(self, "augment", data.check_augment(self.augment))
         if isinstance(self.frozen, str) or not all(isinstance(m, str) and m for m in self.frozen):
             raise LictutorError(f"frozen must be a sequence of module names, got {self.frozen!r}")
         object.__setattr__(self, "frozen", tuple(sorted(set(self.frozen))))
@@ -124,8 +130,10 @@ class TrainConfig:
 
         Checkpoints written before ``shifts`` moved to :class:`EntropyFitConfig` store it for every
         run: at its default it is dropped, other values give the :class:`EntropyFitConfig` of the
-        entropy-model fit they came from."""
+        entropy-model fit they came from. Checkpoints written before ``augment`` came trained
+        without augmentations: a missing ``augment`` reads as ``()``."""
         known = {f.name for f in fields(cls)}
+        d = {"augment": [], **d}  # checkpoints from before augmentations trained without them
         if "shifts" in d and "shifts" not in known:
             if d["shifts"] != _LATER_FIELDS["shifts"]:
                 return EntropyFitConfig.from_dict(d)
@@ -185,7 +193,9 @@ class EntropyFitConfig(TrainConfig):
 def budget_config(budget: Budget, lmbda: float, model: str = "factorized", **changes) -> TrainConfig:
     """The :class:`TrainConfig` a chapter trains with under ``budget``: its steps, batch, crop,
     widths ``N``/``M`` (for the models that take them), peak learning rate, and a warm-up of
-    5 % of the steps; ``changes`` override any field.
+    5 % of the steps; the book's training data (:func:`lictutor.data.default_training_images`:
+    CLIC 2020 when ``LICTUTOR_ONLINE=1``, else the built-in photos) and augmentations;
+    ``changes`` override any field.
 
     Chapters that train the same model at the same λ share one configuration, so the
     checkpoint cache lets a later chapter load what an earlier one trained; the command line
@@ -194,6 +204,7 @@ def budget_config(budget: Budget, lmbda: float, model: str = "factorized", **cha
     settings = dict(
         model=model, model_args=_widths(model, budget), lmbda=lmbda, steps=budget.steps,
         batch=budget.batch, crop=budget.crop, lr=budget.lr, warmup=budget.steps // 20, budget=budget.name,
+        images=data.default_training_images(),
     )
     settings.update(changes)
     if "steps" in changes and "warmup" not in changes:

@@ -429,7 +429,7 @@ def _image_batches(config: TrainConfig, model: nn.Module, teacher: nn.Module | N
         quantiles = [n for n, _ in model.named_parameters() if _is_aux(n)]
         nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, quantiles)
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    trainset = data.training_set(config.images, crop=config.crop, seed=config.seed)
+    trainset = data.training_set(config.images, crop=config.crop, seed=config.seed, augment=config.augment)
     criterion = RateDistortionLoss(config.lmbda, config.distortion)
     per_rank, features = config.batch // world, list(config.distill.get("features", ()))
 
@@ -460,9 +460,11 @@ def _image_batches(config: TrainConfig, model: nn.Module, teacher: nn.Module | N
 def _training_latents(model: nn.Module, config: EntropyFitConfig, device) -> list[Tensor]:
     """``g_a(x)`` of every training photo, as is and mirrored, at each pixel offset of
     ``config.shifts`` (``g_a`` down-samples by 16, so a shifted photo gives other latents).
-    These variants stand in for the image trainer's random crops and flips."""
+    These variants stand in for the image trainer's random crops and flips. The photos are
+    :func:`lictutor.data.training_photos`': with the smaller copies and the dead-leaves images
+    that ``config.augment`` asks for; its per-crop changes (rotations, colour) do not apply."""
     f = model.downsampling_factor
-    photos = data.folder_images(config.images) if config.images else data.train_images()
+    photos = data.training_photos(config.images, config.crop, config.augment)
     latents = []
     for name, img in photos:
         for flip in (False, True):

@@ -15,7 +15,7 @@ one trained. Settings come from the active :class:`lictutor.budget.Budget`.
      does not depend on any trainable parameter, so the loss is the rate alone, and
      ``y = g_a(x)`` can be computed once per training photo and pixel offset
      (:attr:`lictutor.config.EntropyFitConfig.shifts`: chapter 3's two; chapter 4's sixteen,
-     :data:`GRID_SHIFTS`, with which the mean-scale model overfits the 13 training photos a
+     :data:`GRID_SHIFTS`, with which the mean-scale model overfits the training photos a
      little less). The entropy model (``h_a``, ``h_s``, the bottleneck of ``z``, the context
      model) trains on random crops of those latents, about ten times faster than a full step;
   2. :func:`lictutor.train.train` fine-tunes everything jointly on ``λ·D + R``.
@@ -27,22 +27,35 @@ one trained. Settings come from the active :class:`lictutor.budget.Budget`.
 
   Every family gets the same two stages with the same steps, so their comparison is fair;
   all of them have had more training than the factorized model they started from.
+* :func:`trained_model` -- one model of any family at one λ by its recipe: what
+  ``lictutor train`` trains, so the command line and the chapters share their models.
+
+Every recipe trains on the same data, the budget's random crops of the book's training photos
+with the augmentations of :data:`lictutor.data.DEFAULT_AUGMENT`, unless told otherwise
+(``images=``, ``augment=``).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from lictutor import models
 from lictutor.budget import Budget
+from lictutor.checkpoint import check_out
 from lictutor.config import LATENT_STRIDE, TRANSFORMS, EntropyFitConfig, TrainConfig, budget_config
 from lictutor.errors import LictutorError
 from lictutor.train import fit_entropy_model, train  # fit_entropy_model re-exported: chapters use it from here
 
-__all__ = ["factorized_models", "hyperprior_models", "hyperprior_stages", "transforms_of", "fast_transforms_of",
-           "GRID_SHIFTS"]
+__all__ = ["factorized_model", "factorized_models", "hyperprior_model", "hyperprior_models", "hyperprior_stages",
+           "trained_model", "transforms_of", "fast_transforms_of", "GRID_SHIFTS", "HYPERPRIOR_FAMILIES"]
 
+#: the families trained by :func:`hyperprior_model`, on top of the factorized prior
+HYPERPRIOR_FAMILIES = ("hyperprior", "mean-scale", "context", "checkerboard", "fast")
+#: training settings that a warm start's factorized model shares with the model built on it
+_DATA_SETTINGS = ("images", "augment", "seed")
 FAST_DRM = {"g_a": 6, "g_s": 2}  #: where FastLIC's transforms hold their deformable residual block
 #: every fourth pixel offset in each direction: 16 latent variants of each photo (and 16 mirrored)
 #: for :func:`lictutor.train.fit_entropy_model`, against the two of
@@ -84,15 +97,23 @@ def fast_transforms_of(model: nn.Module, seed: int = 0) -> dict:
     return out
 
 
-def factorized_models(budget: Budget, progress: bool = True) -> dict[float, nn.Module]:
-    """Chapter 2's factorized priors, ``{λ: model}``: one model trained from scratch at the
-    middle λ for ``budget.steps``, then every λ, the middle one too, fine-tuned from it for
-    half as many, so that each point of the curve has had the same training."""
+def factorized_model(budget: Budget, lmbda: float, progress: bool = True, **options) -> tuple[nn.Module, dict]:
+    """Chapter 2's factorized prior at ``lmbda``, ``(model, checkpoint)``: a base model
+    trained from scratch at the budget's middle λ for ``budget.steps``, then fine-tuned
+    from it at ``lmbda`` (the middle λ too) for half as many steps. ``options`` go to
+    :func:`lictutor.train.train` (``out``, ``force``) or, if they are training settings
+    (``images``, ``augment``, ``seed``), to both configurations."""
+    run = _checked_run(options)
     lmbdas = sorted(budget.lmbdas)
-    base, _ = train(budget_config(budget, lmbdas[len(lmbdas) // 2]), progress=progress)
-    return {lmbda: train(budget_config(budget, lmbda, steps=max(budget.steps // 2, 1)),
-                         init_from=base.state_dict(), progress=progress)[0]
-            for lmbda in lmbdas}
+    base = budget_config(budget, lmbdas[len(lmbdas) // 2], **options)
+    tuned = budget_config(budget, lmbda, steps=max(budget.steps // 2, 1), **options)  # checked before training
+    return train(tuned, init_from=train(base, progress=progress)[0].state_dict(), progress=progress, **run)
+
+
+def factorized_models(budget: Budget, progress: bool = True, **options) -> dict[float, nn.Module]:
+    """Chapter 2's factorized priors, ``{λ: model}`` for every λ of the budget
+    (:func:`factorized_model`), so that each point of the curve has had the same training."""
+    return {lmbda: factorized_model(budget, lmbda, progress, **options)[0] for lmbda in sorted(budget.lmbdas)}
 
 
 def hyperprior_stages(budget: Budget, lmbda: float, model: str, shifts=None,
@@ -109,18 +130,53 @@ def hyperprior_stages(budget: Budget, lmbda: float, model: str, shifts=None,
     return fit, joint
 
 
+def hyperprior_model(budget: Budget, lmbda: float, model: str = "hyperprior", progress: bool = True,
+                     out=None, force: bool = False, **changes) -> tuple[nn.Module, dict]:
+    """A hyperprior-family ``model`` at ``lmbda``, ``(model, checkpoint)``, warm-started
+    from :func:`factorized_model` at the same λ (see the module docstring). ``changes`` go to
+    :func:`hyperprior_stages` (``shifts=GRID_SHIFTS``: chapter 4's stage 1); the training
+    settings among them (``images``, ``augment``, ``seed``) to the factorized model too."""
+    run = _checked_run({"out": out, "force": force})
+    fit, joint = hyperprior_stages(budget, lmbda, model, **changes)  # checked before training
+    warm_start = fast_transforms_of if model == "fast" else transforms_of
+    factorized, _ = factorized_model(budget, lmbda, progress, **{k: v for k, v in changes.items() if k in _DATA_SETTINGS})
+    stage1, _ = fit_entropy_model(fit, warm_start(factorized), progress=progress)
+    return train(joint, init_from=stage1.state_dict(), progress=progress, **run)
+
+
 def hyperprior_models(budget: Budget, model: str = "hyperprior", progress: bool = True,
                       lmbdas=None, **changes) -> dict[float, nn.Module]:
     """``{λ: model}`` of a hyperprior family (``"hyperprior"``, ``"mean-scale"`` or
-    ``"context"``) warm-started from :func:`factorized_models` (see the module docstring);
-    ``lmbdas``: only these of the budget's λ; ``changes`` go to :func:`hyperprior_stages`
-    (``shifts=GRID_SHIFTS``: chapter 4's stage 1). The checkerboard families
-    (``"checkerboard"``, ``"fast"``) train the same way."""
-    warm_start = fast_transforms_of if model == "fast" else transforms_of
-    out = {}
-    for lmbda, factorized in factorized_models(budget, progress=progress).items():
-        if lmbdas is None or lmbda in lmbdas:
-            fit, joint = hyperprior_stages(budget, lmbda, model, **changes)
-            stage1, _ = fit_entropy_model(fit, warm_start(factorized), progress=progress)
-            out[lmbda], _ = train(joint, init_from=stage1.state_dict(), progress=progress)
-    return out
+    ``"context"``) for the budget's λ, or only these ``lmbdas`` of them
+    (:func:`hyperprior_model`). The checkerboard families (``"checkerboard"``, ``"fast"``)
+    train the same way."""
+    return {lmbda: hyperprior_model(budget, lmbda, model, progress, **changes)[0]
+            for lmbda in sorted(budget.lmbdas) if lmbdas is None or lmbda in lmbdas}
+
+
+def trained_model(budget: Budget, model: str, lmbda: float, progress: bool = True,
+                  **options) -> tuple[nn.Module, dict]:
+    """``model`` at ``lmbda`` by the book's recipe for its family, ``(model, checkpoint)``:
+    what ``lictutor train`` trains, so that it and the chapters share models through the cache.
+
+    The factorized prior: :func:`factorized_model`; the hyperprior families:
+    :func:`hyperprior_model`, with chapter 4's sixteen shifts for ``"mean-scale"`` and
+    ``"context"``; any other model (chapter 1's ``"factorized2017"``): trained from scratch
+    with :func:`lictutor.config.budget_config`. ``options``: ``out``, ``force`` and training
+    settings (``images``, ``augment``, ``seed``)."""
+    if model == "factorized":
+        return factorized_model(budget, lmbda, progress, **options)
+    if model in HYPERPRIOR_FAMILIES:
+        shifts = {"shifts": GRID_SHIFTS} if model in ("mean-scale", "context") else {}
+        return hyperprior_model(budget, lmbda, model, progress, **shifts, **options)
+    run = _checked_run(options)
+    return train(budget_config(budget, lmbda, model=model, **options), progress=progress, **run)
+
+
+def _checked_run(options: dict) -> dict:
+    """``out`` and ``force`` taken out of ``options`` for the last stage of a recipe, with
+    ``out`` checked now (:func:`lictutor.checkpoint.check_out`), before the first stage trains."""
+    run = {k: options.pop(k) for k in ("out", "force") if k in options}
+    if run.get("out") is not None:
+        check_out(Path(run["out"]), None, run.get("force", False))
+    return run

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lictutor import codecs, data, evaluate
+from lictutor import codecs, data, evaluate, zoo
 from lictutor.budget import get_budget
 from lictutor.checkpoint import cache_path, load_checkpoint
 from lictutor.cli import main
@@ -64,26 +64,29 @@ def test_baselines_writes_curves_from_real_bytes(folder, tmp_path, capsys):
             assert res["bpp"][i] == pytest.approx(bpp), name
 
 
-def test_train_shares_the_books_configuration_and_cache(tmp_path, capsys):
-    """`lictutor train` trains what the chapters train (budget_config, warm-up included), so a
-    model trained by either is found in the cache by the other (LICTUTOR_HOME: conftest.py)."""
-    config = budget_config(get_budget("smoke"), 0.0067, steps=40)
-    assert config.warmup == 2  # 5 % of the steps
-    code, _, _ = run(capsys, "train", "--budget", "smoke", "--steps", 40, "--lmbda", 0.0067, "--out",
-                     tmp_path / "m.pt", "--quiet")
-    assert code == 0 and cache_path(config).is_file()  # the chapters' cache entry
-    assert load_checkpoint(tmp_path / "m.pt")[1]["config"] == config.to_dict()
-    hyper = budget_config(get_budget("smoke"), 0.0067, model="hyperprior", steps=20)
-    code, _, _ = run(capsys, "train", "--model", "hyperprior", "--budget", "smoke", "--steps", 20, "--lmbda",
+def test_train_shares_the_books_recipe_and_cache(tmp_path, capsys):
+    """`lictutor train` trains what the chapters train (lictutor.zoo.trained_model: the
+    factorized prior fine-tuned from the base at the middle λ; a hyperprior on top of it), so
+    a model trained by either is found in the cache by the other (LICTUTOR_HOME: conftest.py)."""
+    smoke = get_budget("smoke").with_(steps=40)
+    code, stdout, _ = run(capsys, "train", "--budget", "smoke", "--steps", 40, "--lmbda", 0.0067, "--out",
+                          tmp_path / "m.pt", "--quiet")
+    assert code == 0 and "by the book's recipe (budget smoke, 40 steps)" in stdout
+    _, book = zoo.factorized_model(smoke, 0.0067, progress=False)
+    assert book["cached"] and load_checkpoint(tmp_path / "m.pt")[1]["key"] == book["key"]
+    config = load_checkpoint(tmp_path / "m.pt")[1]["config"]
+    assert config["steps"] == 20 and config["warmup"] == 1 and config["augment"] == list(data.DEFAULT_AUGMENT)
+    code, _, _ = run(capsys, "train", "--model", "hyperprior", "--budget", "smoke", "--steps", 40, "--lmbda",
                      0.0067, "--out", tmp_path / "h.pt", "--quiet")
-    assert code == 0 and cache_path(hyper).is_file()
+    _, book = zoo.hyperprior_model(smoke, 0.0067, "hyperprior", progress=False)
+    assert code == 0 and book["cached"] and load_checkpoint(tmp_path / "h.pt")[1]["key"] == book["key"]
 
 
 def test_train_compress_decompress_eval(checkpoints, folder, tmp_path, capsys):
     low, high = checkpoints
     ckpt = load_checkpoint(low)[1]
     assert ckpt["model"] == "factorized" and ckpt["model_args"] == {"N": 16, "M": 24}
-    assert ckpt["config"]["steps"] == 2 and ckpt["config"]["lmbda"] == 0.002
+    assert ckpt["config"]["steps"] == 1 and ckpt["config"]["lmbda"] == 0.002  # fine-tuned for half the steps
 
     lic, png = tmp_path / "c.lic", tmp_path / "c.png"
     code, stdout, _ = run(capsys, "compress", "--checkpoint", low, folder / "c.png", lic)
@@ -200,11 +203,9 @@ def test_ctrl_c_leaves_a_checkpoint_the_same_command_resumes(tmp_path, monkeypat
     import signal
 
     import lictutor.train as train_module
-    from lictutor.train import train
 
-    config = budget_config(get_budget("smoke"), 0.0067, steps=6)
     monkeypatch.setenv("LICTUTOR_HOME", str(tmp_path / "reference"))
-    reference, _ = train(config, progress=False)
+    reference, _ = zoo.factorized_model(get_budget("smoke").with_(steps=6), 0.0067, progress=False)
     monkeypatch.setenv("LICTUTOR_HOME", str(tmp_path / "home"))
     original = train_module._Loop._update
 
@@ -217,12 +218,13 @@ def test_ctrl_c_leaves_a_checkpoint_the_same_command_resumes(tmp_path, monkeypat
     args = ["train", "--budget", "smoke", "--steps", 6, "--lmbda", 0.0067, "--out", tmp_path / "m.pt", "--quiet"]
     monkeypatch.setattr(train_module._Loop, "_update", update)
     code, _, err = run(capsys, *args)
+    # the recipe's first stage, the base model at the budget's middle λ, is stopped
     assert code == 130 and err == ("lictutor: interrupted: factorized stopped at step 4 of 6; "
                                    "running the same again resumes from there\n")
     assert not (tmp_path / "m.pt").exists()
     monkeypatch.setattr(train_module._Loop, "_update", original)
     code, out, _ = run(capsys, *args)
-    assert code == 0 and "resuming factorized (λ = 0.0067) at step 4 of 6" in out
+    assert code == 0 and "resuming factorized (λ = 0.0483) at step 4 of 6" in out
     resumed = load_checkpoint(tmp_path / "m.pt")[0].state_dict()
     assert all(torch.equal(resumed[k], v) for k, v in reference.state_dict().items())
 
@@ -230,7 +232,8 @@ def test_ctrl_c_leaves_a_checkpoint_the_same_command_resumes(tmp_path, monkeypat
 def test_a_damaged_cache_entry_is_one_warning_and_trained_again(tmp_path, capsys):
     args = ["train", "--budget", "smoke", "--steps", 2, "--lmbda", 0.0067, "--quiet"]
     assert run(capsys, *args, "--out", tmp_path / "a.pt")[0] == 0
-    entry = cache_path(budget_config(get_budget("smoke"), 0.0067, steps=2))
+    entry = next(p for p in cache_path(budget_config(get_budget("smoke"), 0.0067)).parent.glob("factorized-*.pt")
+                 if load_checkpoint(p)[1]["key"] == load_checkpoint(tmp_path / "a.pt")[1]["key"])
     entry.write_bytes(entry.read_bytes()[:-100])
     code, out, err = run(capsys, *args, "--out", tmp_path / "b.pt")
     assert code == 0 and "copied from the cache" not in out

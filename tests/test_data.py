@@ -15,6 +15,8 @@ import torch
 from PIL import Image
 
 from lictutor import LictutorError, LictutorWarning, data
+from lictutor.budget import get_budget
+from lictutor.config import budget_config
 
 
 def _write_png16_rgb(path, rgb16):
@@ -184,13 +186,20 @@ def test_builtin_photos_and_split():
     assert len(photos) >= 4
     for img in photos.values():
         assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
-    train, evaluation = data.builtin_split()
-    assert data.builtin_split() == (train, evaluation)
-    assert train and evaluation and not set(train) & set(evaluation)
-    assert sorted(train + evaluation) == sorted(photos)
-    assert all(min(photos[n].shape[:2]) >= 256 for n in evaluation)
+    train, evaluation, unseen = data.builtin_split()
+    assert data.builtin_split() == (train, evaluation, unseen)
+    assert train and evaluation and unseen
+    assert not set(train) & set(evaluation) and not set(unseen) & set(train + evaluation)
+    assert sorted(train + evaluation + unseen) == sorted(photos)
+    assert all(min(photos[n].shape[:2]) >= 256 for n in evaluation + unseen)
     assert [name for name, _ in data.eval_images()] == evaluation
     assert [name for name, _ in data.train_images()] == train
+    assert [name for name, _ in data.unseen_images()] == unseen
+    # the unseen photos come from packages that no training photo comes from
+    package = {name: pkg for name, pkg, _ in data._BUILTIN}
+    assert {package[n] for n in unseen} == set(data.UNSEEN_PACKAGES)
+    assert not {package[n] for n in train} & set(data.UNSEEN_PACKAGES)
+    assert [img.shape for _, img in data.unseen_images(count=2, size=128)] == [(128, 128, 3)] * 2
 
 
 def test_folder_images(tmp_path):
@@ -268,8 +277,54 @@ def test_small_images_padded_or_skipped():
 def test_training_set_from_folder(tmp_path):
     for i in range(2):
         Image.fromarray(_noise(48, 48, i)).save(tmp_path / f"{i}.png")
-    ds = data.training_set(tmp_path, crop=32, length=7)
-    assert len(ds) == 7 and ds[6].shape == (3, 32, 32)
+    ds = data.training_set(tmp_path, crop=32, length=7, augment=())
+    assert len(ds) == 7 and ds[6].shape == (3, 32, 32) and len(ds.images) == 2
+
+
+# --- augmentations ---------------------------------------------------------------------------
+
+
+def test_training_photos_add_halved_copies_and_dead_leaves(tmp_path):
+    big = _noise(200, 130)
+    Image.fromarray(big).save(tmp_path / "big.png")
+    photos = dict(data.training_photos(tmp_path, crop=32, augment=("scales",)))
+    assert [img.shape for img in photos.values()] == [(200, 130, 3), (100, 65, 3), (50, 33, 3)]
+    # a halved copy is the mean of 2×2 blocks (rounded)
+    blocks = big[:100 * 2, :65 * 2].reshape(100, 2, 65, 2, 3).mean(axis=(1, 3))
+    assert np.abs(photos["big.png/2"] - blocks).max() <= 1
+    assert len(data.training_photos(tmp_path, crop=64, augment=("scales",))) == 2  # 50 < 64: no quarter
+    leaves = data.training_photos(tmp_path, crop=32, augment=("leaves",))[1:]
+    assert len(leaves) == data.LEAVES and all(img.shape == (256, 256, 3) for _, img in leaves)
+    with pytest.raises(LictutorError, match="unknown augmentation 'blur'"):
+        data.training_set(tmp_path, crop=32, augment=("blur",))
+    with pytest.raises(LictutorError, match="sequence of names"):
+        data.check_augment("scales")
+
+
+def test_dihedral_crops_take_all_eight_symmetries():
+    img = np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3)  # no symmetry of its own
+    window = torch.from_numpy(img).permute(2, 0, 1).float() / 255
+    symmetries = [torch.rot90(w, k, dims=(1, 2)) for w in (window, window.flip(-1)) for k in range(4)]
+    for dihedral, expected in ((False, 2), (True, 8)):
+        ds = data.RandomCrops([img], crop=16, seed=1, dihedral=dihedral)
+        seen = {next(i for i, s in enumerate(symmetries) if torch.equal(ds[n], s)) for n in range(200)}
+        assert len(seen) == expected
+
+
+def test_turn_hue_keeps_luminance_and_undoes_itself():
+    x = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.2 + 0.4  # no clipping
+    assert torch.allclose(data.turn_hue(x, 0.0), x, atol=1e-6)
+    turned = data.turn_hue(x, 1.0, 1.2)
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+    assert torch.allclose((turned * luma).sum(0), (x * luma).sum(0), atol=1e-5)
+    assert not torch.allclose(turned, x, atol=1e-2)
+    grey = x[:1].expand(3, -1, -1)
+    assert torch.allclose(data.turn_hue(grey, 2.0, 1.5), grey, atol=1e-6)  # no chroma to turn
+    assert torch.allclose(data.turn_hue(data.turn_hue(x, 0.7, 1.25), -0.7, 0.8), x, atol=1e-5)
+    ds = data.RandomCrops([_noise(32, 32)], crop=32, seed=0, colour=True)
+    plain = data.RandomCrops([_noise(32, 32)], crop=32, seed=0)
+    changed = [not torch.equal(ds[i], plain[i]) for i in range(40)]
+    assert 10 < sum(changed) < 30  # half the crops
 
 
 # --- downloads -------------------------------------------------------------------------------
@@ -487,3 +542,34 @@ def test_save_image_writes_png_only_and_atomically(tmp_path):
         data.save_image(np.zeros((4, 5, 3), np.uint8), tmp_path / "x.jpg")
     data.save_image(np.zeros((4, 5, 3), np.uint8), tmp_path / "x.PNG")
     assert [p.name for p in tmp_path.iterdir()] == ["x.PNG"]
+
+
+def test_online_readers_train_and_evaluate_on_public_sets_by_name(server, tmp_path, monkeypatch):
+    """LICTUTOR_ONLINE=1: the book's configurations name the training set (a name, not a path,
+    so cache keys hold on any machine), which is downloaded once and read from disk after."""
+    www, url, requests = server
+    blobs = {name: _png_bytes(_noise(40, 48, i)) for i, name in enumerate(("t0.png", "t1.png", "e0.png"))}
+    for name, blob in blobs.items():
+        (www / name).write_bytes(blob)
+    for name, files in (("toy-train", ("t0.png", "t1.png")), ("toy-eval", ("e0.png",))):
+        _register(monkeypatch, name, data.DatasetSpec(f"{name}: a toy set (1 kB)",
+                                                      tuple(data.RemoteFile(f"{url}/{f}", _sha256(blobs[f])) for f in files)))
+    monkeypatch.setattr(data, "ONLINE_TRAINING", "toy-train")
+    monkeypatch.setattr(data, "ONLINE_EVAL", "toy-eval")
+    monkeypatch.setenv("LICTUTOR_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("LICTUTOR_ONLINE", raising=False)
+    offline = budget_config(get_budget("smoke"), 0.01)
+    assert offline.images is None and data.describe_data().startswith("offline")
+    assert [n for n, _ in data.eval_images()] == data.builtin_split()[1]
+
+    monkeypatch.setenv("LICTUTOR_ONLINE", "1")
+    config = budget_config(get_budget("smoke"), 0.01)
+    assert config.images == "toy-train" and config.key() != offline.key()
+    assert data.describe_data() == ("online: trained on toy-train: a toy set; evaluated on toy-eval: a toy set, "
+                                    "and on the unseen built-in photos")
+    photos = data.training_photos(config.images, crop=32, augment=())
+    assert [n for n, _ in photos] == ["t0.png", "t1.png"] and sorted(requests) == ["/t0.png", "/t1.png"]
+    assert [n for n, _ in data.eval_images()] == ["e0.png"]
+    requests.clear()
+    assert len(data.training_set(config.images, crop=32, augment=())) == 2 and requests == []  # from disk now
+    assert data.image_folder("./toy-train") == data.Path("toy-train")  # a path, not the set

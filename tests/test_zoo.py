@@ -8,7 +8,7 @@ import torch
 import lictutor.train as train_module
 from lictutor import data, metrics, models, zoo
 from lictutor.budget import get_budget
-from lictutor.config import EntropyFitConfig, TrainConfig
+from lictutor.config import EntropyFitConfig, TrainConfig, budget_config
 from lictutor.errors import LictutorError
 from lictutor.train import train
 
@@ -120,11 +120,13 @@ def test_fit_entropy_model_caches_and_checks_its_inputs(monkeypatch):
 @pytest.mark.slow
 def test_training_latents_one_per_photo_flip_and_shift():
     model = models.create("hyperprior", N=8, M=12)
-    photos = data.train_images()
-    for shifts in (((0, 0), (8, 8)), zoo.GRID_SHIFTS):
-        config = EntropyFitConfig(model="hyperprior", shifts=shifts, frozen=("g_a", "g_s"), **TINY)
+    for shifts, augment in ((((0, 0), (8, 8)), data.DEFAULT_AUGMENT), (zoo.GRID_SHIFTS, ())):
+        config = EntropyFitConfig(model="hyperprior", shifts=shifts, frozen=("g_a", "g_s"), augment=augment, **TINY)
+        photos = data.training_photos(None, config.crop, augment)
         latents = train_module._training_latents(model, config, "cpu")
         assert len(latents) == 2 * len(shifts) * len(photos)
+        names = [name for name, _ in photos]
+        assert len(names) > len(data.train_images()) if augment else names == data.builtin_split()[0]
     assert len(set(zoo.GRID_SHIFTS)) == 16
     # a shift by 4 pixels gives other latents than the unshifted photo, not a translated copy
     first, second = latents[0], latents[1]
@@ -143,16 +145,47 @@ def test_factorized_models_fine_tune_every_lambda_from_one_model(monkeypatch):
     budget = get_budget("smoke").with_(steps=4, N=8, M=12, lmbdas=(0.01, 0.02, 0.04))
     calls = []
 
-    def fake_train(config, init_from=None, progress=True):
+    def fake_train(config, init_from=None, progress=True, **run):
         calls.append((config.lmbda, config.steps, init_from))
         return models.create("factorized", N=8, M=12), {}
 
     monkeypatch.setattr(zoo, "train", fake_train)
     trained = zoo.factorized_models(budget, progress=False)
     assert sorted(trained) == [0.01, 0.02, 0.04]
-    assert calls[0][:2] == (0.02, 4) and calls[0][2] is None  # the middle λ from scratch
-    assert sorted(c[0] for c in calls[1:]) == [0.01, 0.02, 0.04]  # then every λ, the middle one too
-    assert all(steps == 2 and init is not None for _, steps, init in calls[1:])
+    base = [c for c in calls if c[2] is None]  # asked for before each λ; the cache trains it once
+    assert base and all(c[:2] == (0.02, 4) for c in base)  # the middle λ from scratch
+    tuned = [c for c in calls if c[2] is not None]
+    assert sorted(c[0] for c in tuned) == [0.01, 0.02, 0.04]  # then every λ, the middle one too
+    assert all(steps == 2 for _, steps, _ in tuned)
+
+
+def test_trained_model_is_the_chapters_recipe_for_each_family(monkeypatch):
+    """What ``lictutor train`` trains (trained_model) is the model a chapter gets for that λ:
+    the same configurations, in the same order, whose cache keys are then shared."""
+    budget = get_budget("smoke").with_(steps=4, N=8, M=12, lmbdas=(0.01, 0.02, 0.04))
+    calls = []
+
+    def fake_train(config, init_from=None, progress=True, **run):
+        calls.append((config.key(), run))
+        return models.create(config.model, **config.model_args), {}
+
+    monkeypatch.setattr(zoo, "train", fake_train)
+    monkeypatch.setattr(zoo, "fit_entropy_model", lambda config, init, progress=True: fake_train(config))
+    zoo.factorized_models(budget, progress=False)
+    book = [key for key, _ in calls]
+    calls.clear()
+    zoo.trained_model(budget, "factorized", 0.04, progress=False, out="m.pt", force=True)
+    assert [key for key, _ in calls] == [book[0], book[-1]]  # the base, then λ's fine-tuning
+    assert calls[-1][1] == {"out": "m.pt", "force": True} and calls[0][1] == {}  # only the last is written
+    calls.clear()
+    zoo.hyperprior_models(budget, "context", progress=False, lmbdas=(0.01,), shifts=zoo.GRID_SHIFTS)
+    book = [key for key, _ in calls]
+    calls.clear()
+    zoo.trained_model(budget, "context", 0.01, progress=False)  # chapter 4's sixteen shifts
+    assert [key for key, _ in calls] == book and len(book) == 4  # base, fine-tuning, fit, joint
+    calls.clear()
+    zoo.trained_model(budget, "factorized2017", 0.01, progress=False, augment=())
+    assert calls == [(budget_config(budget, 0.01, model="factorized2017", augment=()).key(), {})]
 
 
 @pytest.mark.slow
