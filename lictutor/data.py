@@ -155,8 +155,7 @@ def builtin_split() -> tuple[list[str], list[str], list[str]]:
 
 def train_images() -> list[tuple[str, np.ndarray]]:
     """The built-in training photos as ``(name, image)`` pairs."""
-    paths = _builtin_paths()
-    return [(name, load_image(paths[name])) for name in builtin_split()[0]]
+    return _builtin_images(builtin_split()[0], None, None)
 
 
 def eval_images(folder: str | os.PathLike | None = None, count: int | None = None,
@@ -170,19 +169,21 @@ def eval_images(folder: str | os.PathLike | None = None, count: int | None = Non
     (``None`` keeps all images at full size).
     """
     folder = ONLINE_EVAL if folder is None and online() else folder
-    if folder is not None:
-        images = folder_images(image_folder(folder))
-    else:
-        paths = _builtin_paths()
-        images = [(name, load_image(paths[name])) for name in builtin_split()[1]]
-    return [(name, center_crop(img, size)) for name, img in images[:count]]
+    if folder is None:
+        return _builtin_images(builtin_split()[1], count, size)
+    return [(name, center_crop(img, size)) for name, img in folder_images(image_folder(folder))[:count]]
 
 
 def unseen_images(count: int | None = None, size: int | None = None) -> list[tuple[str, np.ndarray]]:
     """The built-in photos of a source no training sees (:func:`builtin_split`), as
     :func:`eval_images` gives the usual ones (``count`` and ``size`` alike)."""
+    return _builtin_images(builtin_split()[2], count, size)
+
+
+def _builtin_images(names: list[str], count: int | None, size: int | None) -> list[tuple[str, np.ndarray]]:
+    """The first ``count`` of the built-in photos ``names``, each centre-cropped to ``size``."""
     paths = _builtin_paths()
-    return [(name, center_crop(load_image(paths[name]), size)) for name in builtin_split()[2][:count]]
+    return [(name, center_crop(load_image(paths[name]), size)) for name in names[:count]]
 
 
 def center_crop(img: np.ndarray, size: int | None) -> np.ndarray:
