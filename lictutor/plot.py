@@ -14,7 +14,7 @@ import numpy as np
 
 from lictutor.metrics import msssim_db
 
-__all__ = ["rd_plot", "rd_figure", "show_crops", "conditional_histogram", "style_for"]
+__all__ = ["rd_plot", "rd_figure", "rd_panels", "show_crops", "conditional_histogram", "style_for"]
 
 # Fixed colours and markers, so that a codec looks the same in every chapter.
 _STYLES = {
@@ -105,6 +105,44 @@ def rd_figure(results: Sequence[dict], reference: Sequence[dict] = (), max_bpp=N
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
+    return fig
+
+
+def rd_panels(panels: dict[str, Sequence[dict]], zoom: Sequence[str] = (), metric: str = "psnr-rgb",
+              suptitle: str | None = None, margin: float = 0.15):
+    """One rate–distortion panel per photo set, side by side: ``panels`` is ``{title: curves}``.
+
+    Curves of the same name look the same in every panel, and one legend below the panels names
+    them all, off the data. Each axis is zoomed to the curves named in ``zoom`` (every curve if
+    empty) with a ``margin`` (a fraction of their span): the range where the learned curves are,
+    not where the classical ones run on to high rates. Returns the figure.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    names = list(dict.fromkeys(c["name"] for curves in panels.values() for c in curves))
+    for ax, (title, curves) in zip(axes[0], panels.items()):
+        shown = []  # the (x, y) the axis zooms to
+        for curve in curves:
+            xy = _xy(curve, metric)
+            if xy is None:
+                continue
+            colour, marker = style_for(curve["name"], names.index(curve["name"]))
+            ax.plot(*xy, marker=marker, color=colour, label=curve["name"], lw=1.8, ms=5)
+            if not zoom or curve["name"] in zoom:
+                shown.append(xy)
+        if shown:
+            x, y = (np.concatenate(v) for v in zip(*shown))
+            ax.set_xlim(0, x.max() * (1 + margin))
+            pad = margin * max(y.max() - y.min(), 1e-6)
+            ax.set_ylim(y.min() - pad, y.max() + pad)
+        ax.set_xlabel("bits per pixel (bpp)")
+        ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, alpha=0.3)
+    handles = {line.get_label(): line for ax in axes[0] for line in ax.get_lines()}
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(len(handles), 4), fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig
 
 

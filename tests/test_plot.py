@@ -79,3 +79,16 @@ def test_conditional_histogram_columns_are_normalized():
     centre, edge = image[:, 10], image[:, 2]  # the column at a≈0 is narrow, far columns wide
     assert (centre > 0.1).sum() < (edge > 0.1).sum()
     plt.close(fig)
+
+
+def test_rd_panels_share_styles_and_zoom_to_the_named_curves():
+    ours = {"name": "ours", "results": {"bpp": [0.1, 0.2, 0.4], "psnr-rgb": [28.0, 29.0, 30.0]}}
+    jpeg = {"name": "JPEG", "results": {"bpp": [0.2, 1.0, 3.0], "psnr-rgb": [26.0, 33.0, 40.0]}}
+    fig = plot.rd_panels({"a": [ours, jpeg], "b": [jpeg, ours]}, zoom=["ours"])
+    a, b = fig.axes
+    assert [ax.get_title() for ax in (a, b)] == ["a", "b"]
+    assert a.get_xlim()[1] == pytest.approx(0.4 * 1.15) and a.get_ylim() == pytest.approx((27.7, 30.3))
+    colour = {ax: {line.get_label(): line.get_color() for line in ax.get_lines()} for ax in (a, b)}
+    assert colour[a] == colour[b] and colour[a]["JPEG"] == plot.style_for("JPEG")[0]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["ours", "JPEG"]
+    matplotlib.pyplot.close(fig)

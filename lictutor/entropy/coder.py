@@ -25,8 +25,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-with warnings.catch_warnings():  # CompressAI's import uses torch.jit.script, which PyTorch deprecates
+# CompressAI's import uses torch.jit.script, which PyTorch deprecates, and imports torch_geometric,
+# whose ``tqdm.auto`` warns in a notebook kernel without ipywidgets: neither is ours to show.
+with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="IProgress not found")
     from compressai import ans
     from compressai._CXX import pmf_to_quantized_cdf as _cxx_pmf_to_quantized_cdf
 
