@@ -146,17 +146,17 @@ def test_factorized_models_fine_tune_every_lambda_from_one_model(monkeypatch):
     calls = []
 
     def fake_train(config, init_from=None, progress=True, **run):
-        calls.append((config.lmbda, config.steps, init_from))
+        calls.append((config.lmbda, config.steps, init_from, config.lr))
         return models.create("factorized", N=8, M=12), {}
 
     monkeypatch.setattr(zoo, "train", fake_train)
     trained = zoo.factorized_models(budget, progress=False)
     assert sorted(trained) == [0.01, 0.02, 0.04]
     base = [c for c in calls if c[2] is None]  # asked for before each λ; the cache trains it once
-    assert base and all(c[:2] == (0.02, 4) for c in base)  # the middle λ from scratch
+    assert base and all(c[:2] == (0.02, 4) and c[3] == budget.lr for c in base)  # the middle λ from scratch
     tuned = [c for c in calls if c[2] is not None]
     assert sorted(c[0] for c in tuned) == [0.01, 0.02, 0.04]  # then every λ, the middle one too
-    assert all(steps == 2 for _, steps, _ in tuned)
+    assert all(steps == 2 and lr == budget.lr * zoo.FINE_TUNE_LR for _, steps, _, lr in tuned)
 
 
 def test_trained_model_is_the_chapters_recipe_for_each_family(monkeypatch):
