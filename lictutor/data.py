@@ -43,7 +43,7 @@ from lictutor.paths import lictutor_home  # noqa: F401 (re-exported)
 from lictutor.synthetic import dead_leaves_set
 
 __all__ = [
-    "builtin_photos", "builtin_split", "train_images", "eval_images", "unseen_images", "center_crop",
+    "builtin_photos", "builtin_split", "OFF_GRID", "train_images", "eval_images", "unseen_images", "center_crop",
     "folder_images", "read_images", "ONLINE_TRAINING", "ONLINE_EVAL", "online", "default_training_images",
     "image_folder", "describe_data", "AUGMENTATIONS", "DEFAULT_AUGMENT", "check_augment", "training_photos", "turn_hue", "RandomCrops",
     "training_set",
@@ -84,6 +84,12 @@ _EVAL_NAMES = ("astronaut", "chelsea", "coffee", "motorcycle")
 #: packages whose photos no training sees: china, flower and grace_hopper, colour photos of
 #: other scenes (a temple under sky, a blurred close-up, a portrait), stored as JPEG
 UNSEEN_PACKAGES = ("sklearn", "matplotlib")
+#: pixels cut from the top and the left of a photo stored as JPEG before it is evaluated: half
+#: a block, so that JPEG does not re-code it on the 8×8 grid (16×16 for chroma) it was stored
+#: on. On that grid, at the quality it was stored with, JPEG finds its own quantized
+#: coefficients again: on the unseen photos quality 80 gave 39.1 dB at 1.53 bpp, against
+#: 34.1 dB at the same rate 4 pixels off the grid, where the curve rises smoothly.
+OFF_GRID = 4
 
 
 def _builtin_paths() -> dict[str, Path]:
@@ -155,7 +161,7 @@ def builtin_split() -> tuple[list[str], list[str], list[str]]:
 
 def train_images() -> list[tuple[str, np.ndarray]]:
     """The built-in training photos as ``(name, image)`` pairs."""
-    return _builtin_images(builtin_split()[0], None, None)
+    return _builtin_images(builtin_split()[0], None, None, off_grid=False)
 
 
 def eval_images(folder: str | os.PathLike | None = None, count: int | None = None,
@@ -176,14 +182,24 @@ def eval_images(folder: str | os.PathLike | None = None, count: int | None = Non
 
 def unseen_images(count: int | None = None, size: int | None = None) -> list[tuple[str, np.ndarray]]:
     """The built-in photos of a source no training sees (:func:`builtin_split`), as
-    :func:`eval_images` gives the usual ones (``count`` and ``size`` alike)."""
+    :func:`eval_images` gives the usual ones (``count`` and ``size`` alike). They are stored
+    as JPEG, so each first loses :data:`OFF_GRID` rows and columns at the top and left."""
     return _builtin_images(builtin_split()[2], count, size)
 
 
-def _builtin_images(names: list[str], count: int | None, size: int | None) -> list[tuple[str, np.ndarray]]:
-    """The first ``count`` of the built-in photos ``names``, each centre-cropped to ``size``."""
+def _builtin_images(names: list[str], count: int | None, size: int | None,
+                    off_grid: bool = True) -> list[tuple[str, np.ndarray]]:
+    """The first ``count`` of the built-in photos ``names``, each centre-cropped to ``size``;
+    for evaluation (``off_grid``), a photo stored as JPEG is first moved off its block grid
+    (:data:`OFF_GRID`). Training photos are read as stored."""
     paths = _builtin_paths()
-    return [(name, center_crop(load_image(paths[name]), size)) for name in names[:count]]
+    out = []
+    for name in names[:count]:
+        img = load_image(paths[name])
+        if off_grid and paths[name].suffix.lower() in (".jpg", ".jpeg"):
+            img = np.ascontiguousarray(img[OFF_GRID:, OFF_GRID:])
+        out.append((name, center_crop(img, size)))
+    return out
 
 
 def center_crop(img: np.ndarray, size: int | None) -> np.ndarray:

@@ -7,6 +7,10 @@ chapter's cost from an empty cache).
 
     LICTUTOR_BUDGET=cpu python scripts/cold_cache_times.py book/0*.ipynb [--out times.json]
 
+``--home DIR`` runs in that ``LICTUTOR_HOME`` instead of a new one: to measure later chapters
+on top of a cache that holds exactly the earlier chapters' models (e.g. the one their
+publishing run, ``scripts/run_notebook.py``, filled from empty).
+
 Prints one Markdown table row per chapter as it finishes (for the README) and writes all rows
 to ``--out`` (default ``cold_cache_times.json``).
 """
@@ -40,8 +44,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("cold_cache_times.json"))
+    parser.add_argument("--home", type=Path, help="an existing LICTUTOR_HOME (default: a new, empty one)")
     args = parser.parse_args()
-    os.environ["LICTUTOR_HOME"] = tempfile.mkdtemp(prefix="lictutor-cold-")
+    os.environ["LICTUTOR_HOME"] = str(args.home) if args.home else tempfile.mkdtemp(prefix="lictutor-cold-")
     os.environ.setdefault("MPLBACKEND", "Agg")
     rows = []
     print("| chapter | budget | training time of its models (empty cache) | models | run, earlier chapters cached |")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lictutor import LictutorError, LictutorWarning, data
+from lictutor import LictutorError, LictutorWarning, codecs, data
 from lictutor.budget import get_budget
 from lictutor.config import budget_config
 
@@ -200,6 +200,25 @@ def test_builtin_photos_and_split():
     assert {package[n] for n in unseen} == set(data.UNSEEN_PACKAGES)
     assert not {package[n] for n in train} & set(data.UNSEEN_PACKAGES)
     assert [img.shape for _, img in data.unseen_images(count=2, size=128)] == [(128, 128, 3)] * 2
+
+
+def test_evaluation_photos_stored_as_jpeg_are_moved_off_their_block_grid():
+    """JPEG at the quality a photo was stored with, on its own 8×8 grid, finds the stored
+    coefficients again and jumps in PSNR; off the grid its curve rises smoothly."""
+    photos, paths = data.builtin_photos(), data._builtin_paths()
+    k = data.OFF_GRID
+    assert k % 8 and k % 16  # off both the luma and the chroma grid
+    for name, img in data.unseen_images():
+        assert paths[name].suffix == ".jpg"
+        np.testing.assert_array_equal(img, photos[name][k:, k:])
+    for name, img in data.eval_images() + data.train_images():  # PNG, or training photos: as stored
+        np.testing.assert_array_equal(img, photos[name])
+    img = dict(data.unseen_images())["grace_hopper"]  # stored at about quality 80
+    on, off = (codecs.evaluate_codec("jpeg", [("grace_hopper", x)], qualities=[70, 75, 80, 85],
+                                     progress=False)["results"]["psnr-rgb"]
+               for x in (np.ascontiguousarray(photos["grace_hopper"]), img))
+    assert on[2] > on[3] + 5  # on the grid: 50.8 dB at quality 80, more than quality 85 gives
+    assert np.all(np.diff(off) > 0) and off[2] < on[2] - 10  # off it: a smooth curve
 
 
 def test_folder_images(tmp_path):
