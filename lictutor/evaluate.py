@@ -6,6 +6,8 @@ rate–distortion curves from the bytes actually written.
 * :func:`evaluate_model`: bpp (from whole files, header included), PSNR, MS-SSIM and coding
   times of one or more models on a list of images, in CompressAI's results schema
   (:mod:`lictutor.results`).
+* :func:`relaxation_gap`: what training measured (noisy latents) against what decoding gets
+  (rounded latents) and what the file costs, for one model.
 
 The image is padded on the bottom and right, by repeating its last row and column, to a
 multiple of the model's ``downsampling_factor`` (16 for the factorized models, 64 for the
@@ -34,8 +36,9 @@ from lictutor.curves import by_rate, mean_over_images, measure
 from lictutor.entropy import update_stale_tables
 from lictutor.errors import LictutorError
 from lictutor.images import pad, to_tensor, to_uint8  # pad re-exported: chapters use it from here
+from lictutor.metrics import psnr
 
-__all__ = ["compress_image", "decompress_image", "evaluate_model", "latent_shape"]
+__all__ = ["compress_image", "decompress_image", "evaluate_model", "latent_shape", "relaxation_gap"]
 
 #: prefixes of the state-dict entries only the encoder uses (left out of the config hash)
 _ENCODER_ONLY = ("g_a.", "h_a.")
@@ -126,6 +129,45 @@ def evaluate_model(models, images, name: str | None = None, progress: bool = Tru
         "description": f"{', '.join(names)}; real .lic bitstreams, {len(images)} images",
         "results": by_rate({k: mean_over_images(values[k]).tolist() for k in keys}),
     }
+
+
+def relaxation_gap(model, images, model_name: str, seed: int = 0) -> dict:
+    """Rate and PSNR as training sees them, as decoding gets them, and the file's rate.
+
+    Ballé et al. 2017 (sec. 2.2) train on noisy latents ``ỹ = y + u``, ``u ~ U(-½, ½)``, in
+    place of ``ŷ = round(y)``: the rate ``-Σ log2 p(ỹ)`` stands in for the coded rate, and
+    ``g_s(ỹ)`` for the decoded image. This measures both sides on ``images``
+    (``(name, uint8 H×W×3)`` pairs), as the mean over images of
+
+    * ``noisy_bpp``, ``noisy_psnr``: the model in training mode (its ``quantization``
+      relaxation; noise drawn from ``seed``), the reconstruction rounded to ``uint8`` as a
+      decoded image is;
+    * ``rounded_bpp``, ``rounded_psnr``: the model in evaluation mode, ``ŷ = round(y)``;
+    * ``file_bpp``: the bytes of the real ``.lic`` file (:func:`compress_image`, header included).
+
+    The model's training/evaluation mode is restored afterwards.
+    """
+    if not images:
+        raise LictutorError("relaxation_gap needs at least one image")
+    was_training = model.training
+    values = {k: [] for k in ("noisy_bpp", "noisy_psnr", "rounded_bpp", "rounded_psnr", "file_bpp")}
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for _, img in images:
+                height, width = img.shape[:2]
+                x = pad(to_tensor(img)[None], model.downsampling_factor).to(_device(model))
+                for mode in ("noisy", "rounded"):
+                    model.train(mode == "noisy")
+                    out = model(x)
+                    bits = sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values())
+                    rec = to_uint8(out["x_hat"][..., :height, :width].clamp(0, 1).cpu())
+                    values[f"{mode}_bpp"].append(float(bits) / (height * width))
+                    values[f"{mode}_psnr"].append(psnr(img, rec))
+                values["file_bpp"].append(8 * len(compress_image(model, img, model_name)) / (height * width))
+    finally:
+        model.train(was_training)
+    return {k: float(np.mean(v)) for k, v in values.items()}
 
 
 def _load(item):

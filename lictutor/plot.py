@@ -65,11 +65,13 @@ def rd_plot(
     reference: Iterable[dict] = (),
     max_bpp: float | None = None,
     title: str | None = None,
+    legend: bool = True,
 ):
     """Plot distortion against bits per pixel for several codecs on one axis.
 
     ``results`` are drawn as solid lines with markers; ``reference`` curves (e.g. published
     results on another data set) as thin dashed lines, labelled as such by their names.
+    ``legend=False`` leaves the legend to the caller (a figure-wide one, off the data).
     Returns the axis.
     """
     ax = ax or plt.gca()
@@ -90,22 +92,49 @@ def rd_plot(
     if max_bpp is not None:
         ax.set_xlim(0, max_bpp)
     ax.grid(True, alpha=0.3)
-    if ax.get_lines():
+    if legend and ax.get_lines():
         ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
     return ax
 
 
-def rd_figure(results: Sequence[dict], reference: Sequence[dict] = (), max_bpp=None, suptitle=None):
-    """PSNR and MS-SSIM rate–distortion curves side by side; returns the figure."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    rd_plot(results, "psnr-rgb", axes[0], reference, max_bpp)
-    rd_plot(results, "ms-ssim-rgb", axes[1], reference, max_bpp)
+def rd_figure(results: Sequence[dict], reference: Sequence[dict] = (), max_bpp=None, suptitle=None,
+              zoom: Sequence[str] = (), margin: float = 0.15):
+    """PSNR and MS-SSIM rate–distortion curves side by side, one legend below them, off the
+    data; returns the figure. ``zoom``: names of the curves each axis is zoomed to (their
+    points up to ``max_bpp``, with a ``margin`` of their span), as in :func:`rd_panels`."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for ax, metric in zip(axes, ("psnr-rgb", "ms-ssim-rgb")):
+        rd_plot(results, metric, ax, reference, max_bpp, legend=False)
+        named = [xy for r in list(results) + list(reference) if r["name"] in zoom
+                 for xy in [_xy(r, metric)] if xy is not None]
+        if named:
+            _zoom(ax, named, margin, max_bpp)
+    _legend_below(fig, axes, suptitle)
+    return fig
+
+
+def _zoom(ax, curves, margin: float, max_bpp: float | None = None) -> None:
+    """Zoom ``ax`` to the points of ``curves`` (``(x, y)`` arrays) at up to ``max_bpp``."""
+    x, y = (np.concatenate(v) for v in zip(*curves))
+    keep = x <= max_bpp if max_bpp is not None else np.ones_like(x, dtype=bool)
+    x, y = x[keep], y[keep]
+    if not len(x):
+        return
+    ax.set_xlim(0, max_bpp if max_bpp is not None else x.max() * (1 + margin))
+    pad = margin * max(y.max() - y.min(), 1e-6)
+    ax.set_ylim(y.min() - pad, y.max() + pad)
+
+
+def _legend_below(fig, axes, suptitle: str | None) -> None:
+    """One legend for all of ``axes`` below them, and the figure's title."""
+    handles = {line.get_label(): line for ax in axes for line in ax.get_lines()}
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(len(handles), 4), fontsize=9)
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
-    return fig
+    rows = -(-len(handles) // 4)
+    fig.tight_layout(rect=(0, min(0.05 + 0.05 * rows, 0.4), 1, 1))
 
 
 def rd_panels(panels: dict[str, Sequence[dict]], zoom: Sequence[str] = (), metric: str = "psnr-rgb",
@@ -130,19 +159,12 @@ def rd_panels(panels: dict[str, Sequence[dict]], zoom: Sequence[str] = (), metri
             if not zoom or curve["name"] in zoom:
                 shown.append(xy)
         if shown:
-            x, y = (np.concatenate(v) for v in zip(*shown))
-            ax.set_xlim(0, x.max() * (1 + margin))
-            pad = margin * max(y.max() - y.min(), 1e-6)
-            ax.set_ylim(y.min() - pad, y.max() + pad)
+            _zoom(ax, shown, margin)
         ax.set_xlabel("bits per pixel (bpp)")
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         ax.set_title(title, fontsize=10)
         ax.grid(True, alpha=0.3)
-    handles = {line.get_label(): line for ax in axes[0] for line in ax.get_lines()}
-    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(len(handles), 4), fontsize=9)
-    if suptitle:
-        fig.suptitle(suptitle)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    _legend_below(fig, axes[0], suptitle)
     return fig
 
 

@@ -160,6 +160,13 @@ def bd_rows(curves, anchor_curve, method="akima", psnr_range=None):
     return rows
 
 
+def bd_against(curve, anchor_curves, method="akima"):
+    """:func:`bd_rows` of one ``curve`` against each of ``anchor_curves`` in turn, one row per
+    anchor, named after it: every row a direct comparison, never two curves' rows against a
+    third (whose BD-rates average over different PSNR ranges)."""
+    return [{**bd_rows([curve], anchor, method)[0], "name": anchor["name"]} for anchor in anchor_curves]
+
+
 def format_bd_table(rows, anchor_name):
     """:func:`bd_rows` as a plain-text table (negative BD-rate: fewer bits than the anchor)."""
     lines = [f"against {anchor_name}:",

@@ -69,7 +69,7 @@ from lictutor.errors import LictutorError
 from lictutor.intermediates import codec_forward, record
 from lictutor.losses import DISTORTIONS, RateDistortionLoss, add_l1_sparsity, distillation_loss, kd_factor  # noqa: F401 (DISTORTIONS re-exported)
 
-__all__ = ["train", "fit_entropy_model", "lr_factor", "training_time"]
+__all__ = ["train", "fit_entropy_model", "lr_factor", "training_time", "run_summary"]
 
 #: ``batch_losses(step) -> losses``: the losses of one step (``"loss"`` and ``"bpp"``, and
 #: ``"mse"`` and further terms to log where there are), for :meth:`_Loop.run`
@@ -87,6 +87,15 @@ def training_time() -> tuple[float, int]:
     took to train, each counted once and read from its checkpoint's record whether it was
     trained now or loaded from the cache -- what a chapter's models cost from an empty cache."""
     return sum(_RETURNED.values()), len(_RETURNED)
+
+
+def run_summary(budget: str, started: float) -> str:
+    """The line a chapter ends with: the name of its ``budget``, its wall time since
+    ``started`` (a :func:`time.perf_counter` value), and :func:`training_time`, what its
+    models took to train from an empty cache."""
+    seconds, count = training_time()
+    return (f"budget {budget}: chapter ran in {time.perf_counter() - started:.0f} s; its {count} models took "
+            f"{seconds / 60:.1f} min to train from an empty cache")
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:

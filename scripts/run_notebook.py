@@ -9,6 +9,10 @@ their final state only: consecutive stream outputs are merged and each ``\r``-re
 keeps its last version, as a terminal would show it; then the finished bars themselves are
 dropped from stderr (they help a reader who runs the notebook, not one who reads it), and
 whatever else a cell wrote to stderr stays, to be seen and fixed.
+
+Figures are drawn with Jupyter's inline backend whatever ``MPLBACKEND`` says: the kernel
+inherits the environment, and under ``MPLBACKEND=Agg`` (as ``make test`` sets it) a notebook
+would run without error and publish no figure at all.
 """
 
 import os
@@ -53,7 +57,37 @@ def drop_progress_bars(outputs: list) -> list:
     return kept
 
 
+#: the backend a Jupyter kernel draws figures into the notebook with
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
+
+#: what a published output must not hold: a machine's paths and warnings
+MACHINE_PATH = re.compile(r"/tmp/|/work/|/home/|/root/|/Users/|\.venv|site-packages")
+WARNING = re.compile(r"\w*Warning\b")
+
+
+def output_problems(nb) -> list[str]:
+    """What keeps a notebook's committed outputs from being clean, one line per problem:
+    stderr streams, errors, warnings, progress-bar frames and machine paths."""
+    problems = []
+    for index, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            if out.output_type == "error":
+                problems.append(f"cell {index}: an error ({out.ename})")
+                continue
+            text = out.get("text", "") if out.output_type == "stream" else str(out.get("data", {}).get("text/plain", ""))
+            if out.output_type == "stream" and out.name == "stderr":
+                problems.append(f"cell {index}: writes to stderr: {text.strip()[:80]!r}")
+            for what, pattern in (("a machine path", MACHINE_PATH), ("a warning", WARNING)):
+                if found := pattern.search(text):
+                    problems.append(f"cell {index}: shows {what}: {found.group(0)!r}")
+            if any(PROGRESS_BAR.match(line) for line in text.split("\n")):
+                problems.append(f"cell {index}: shows a progress bar")
+    return problems
+
+
 def run(path: Path) -> None:
+    os.environ["MPLBACKEND"] = INLINE_BACKEND  # the kernel inherits it
     nb = nbformat.read(path, as_version=4)
     start = time.perf_counter()
     NotebookClient(nb, timeout=None, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
@@ -61,6 +95,8 @@ def run(path: Path) -> None:
         if cell.cell_type == "code":
             cell.outputs = drop_progress_bars(collapse_streams(cell.outputs))
     nbformat.write(nb, path)
+    for problem in output_problems(nb):
+        print(f"{path}: {problem}")
     print(f"{path}: executed with LICTUTOR_BUDGET={os.environ.get('LICTUTOR_BUDGET', '(default)')} "
           f"in {time.perf_counter() - start:.0f} s")
 

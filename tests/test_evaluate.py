@@ -9,8 +9,8 @@ from PIL import Image
 from lictutor import LictutorError, bitstream, data, models
 from lictutor.checkpoint import save_checkpoint
 from lictutor.config import TrainConfig
-from lictutor.evaluate import compress_image, decompress_image, evaluate_model, latent_shape, pad
-from lictutor.metrics import ms_ssim
+from lictutor.evaluate import compress_image, decompress_image, evaluate_model, latent_shape, pad, relaxation_gap
+from lictutor.metrics import ms_ssim, psnr as metrics_psnr
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +199,19 @@ def test_evaluate_model_reports_real_bytes(model, photo, tmp_path):
         evaluate_model(model, images)
     with pytest.raises(LictutorError, match="no checkpoint|cannot read"):
         evaluate_model(tmp_path / "missing.pt", images)
+
+
+def test_relaxation_gap_measures_noisy_rounded_and_file(model, photo):
+    img = photo[:128, :192]
+    gap = relaxation_gap(model, [("photo", img)], "factorized", seed=3)
+    assert gap == relaxation_gap(model, [("photo", img)], "factorized", seed=3)  # noise from the seed
+    assert not model.training  # mode restored
+    rounded = reconstruction(model, img)
+    assert gap["rounded_psnr"] == pytest.approx(metrics_psnr(img, rounded))
+    with torch.no_grad():
+        lik = model(pad(data.to_tensor(img)[None], 16))["likelihoods"]["y"]
+    assert gap["rounded_bpp"] == pytest.approx(-torch.log2(lik).sum().item() / img[..., 0].size, rel=1e-5)
+    assert gap["file_bpp"] == 8 * len(compress_image(model, img, "factorized")) / img[..., 0].size
+    # the noise moves the latents by up to half a step: a different, finite rate and a different image
+    assert math.isfinite(gap["noisy_bpp"]) and gap["noisy_bpp"] != gap["rounded_bpp"]
+    assert gap["noisy_psnr"] != gap["rounded_psnr"]

@@ -92,3 +92,17 @@ def test_rd_panels_share_styles_and_zoom_to_the_named_curves():
     assert colour[a] == colour[b] and colour[a]["JPEG"] == plot.style_for("JPEG")[0]
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["ours", "JPEG"]
     matplotlib.pyplot.close(fig)
+
+
+def test_rd_figure_has_one_legend_below_the_axes_and_zooms_to_named_curves():
+    import matplotlib.pyplot as plt
+
+    fig = rd_figure([_curve("ours"), _curve("JPEG", 6)], reference=[_curve("VTM (Kodak)", 8)], max_bpp=1.0,
+                    zoom=["ours"])
+    assert all(ax.get_legend() is None for ax in fig.axes)  # no legend on the data
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["ours", "JPEG", "VTM (Kodak)"]
+    assert legend.get_window_extent().y1 <= min(ax.get_window_extent().y0 for ax in fig.axes)
+    low, high = fig.axes[0].get_ylim()  # ours up to 1 bpp: 28 to 34 dB, with a margin
+    assert 27 < low < 28 and 34 < high < 35 and fig.axes[0].get_xlim() == (0, 1.0)
+    plt.close(fig)

@@ -159,3 +159,15 @@ def test_format_bd_ranges_ranks_over_the_shared_range():
                                                       for line in lines[2:])
     assert low_own < high_own  # over their own ranges "low" looks better ...
     assert high_shared < low_shared  # ... over the shared one, "high" is
+
+
+def test_bd_against_compares_one_curve_with_each_anchor_directly():
+    from lictutor.results import bd_against, bd_rows
+
+    curve = {"name": "mine", "results": {"bpp": [0.125, 0.25, 0.5, 1.0], "psnr-rgb": [26, 29, 32, 35]}}
+    same = {"name": "same", "results": {"bpp": [0.125, 0.25, 0.5, 1.0], "psnr-rgb": [26, 29, 32, 35]}}
+    double = {"name": "double", "results": {"bpp": [0.25, 0.5, 1.0, 2.0], "psnr-rgb": [26, 29, 32, 35]}}
+    rows = bd_against(curve, [same, double])
+    assert [r["name"] for r in rows] == ["same", "double"]
+    assert rows[0]["bd_rate"] == pytest.approx(0.0, abs=1e-9) and rows[1]["bd_rate"] == pytest.approx(-50.0)
+    assert rows[1]["bd_psnr"] == bd_rows([curve], double)[0]["bd_psnr"]

@@ -25,3 +25,19 @@ def test_bars_keep_their_last_frame_then_leave_stderr_but_everything_else_stays(
     kept = run_notebook.drop_progress_bars(merged)
     assert [(o.name, o.text) for o in kept] == [("stderr", "UserWarning: something to fix\n"), ("stdout", "bpp 0.3\n")]
     assert run_notebook.drop_progress_bars([_stream("stderr", "ev: 100%|█| 4/4 [00:01<00:00, 3.9it/s]\n\n")]) == []
+
+
+def test_output_problems_finds_each_kind():
+    cell = nbformat.v4.new_code_cell("x")
+    cell.outputs = [
+        nbformat.v4.new_output("stream", name="stderr", text="/work/x/.venv/lib/tqdm/auto.py:21: TqdmWarning: no\n"),
+        nbformat.v4.new_output("stream", name="stdout", text="evaluate: 100%|██████████| 4/4 [00:01<00:00, 3.9it/s]\n"),
+        nbformat.v4.new_output("error", ename="ValueError", evalue="", traceback=[]),
+    ]
+    clean = nbformat.v4.new_code_cell("y")
+    clean.outputs = [nbformat.v4.new_output("stream", name="stdout", text="bpp 0.218, PSNR 26.73 dB\n")]
+    problems = run_notebook.output_problems(nbformat.v4.new_notebook(cells=[clean, cell]))
+    assert [p.split(":")[0] for p in problems] == ["cell 1"] * 5
+    assert any("stderr" in p for p in problems) and any("machine path" in p for p in problems)
+    assert any("TqdmWarning" in p for p in problems) and any("progress bar" in p for p in problems)
+    assert any("ValueError" in p for p in problems)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -434,3 +435,6 @@ def test_training_time_counts_each_model_once_trained_or_loaded(monkeypatch):
     assert train_module.training_time() == (first["train_time"] + other["train_time"], 2)
     train(tiny(steps=9), progress=False, stop_after=2)  # unfinished: not counted
     assert train_module.training_time()[1] == 2
+    minutes = (first["train_time"] + other["train_time"]) / 60
+    line = train_module.run_summary("smoke", time.perf_counter() - 65)
+    assert line == f"budget smoke: chapter ran in 65 s; its 2 models took {minutes:.1f} min to train from an empty cache"
