@@ -11,10 +11,12 @@ from typing import Iterable, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 
 from lictutor.metrics import msssim_db
 
-__all__ = ["rd_plot", "rd_figure", "rd_panels", "show_crops", "conditional_histogram", "style_for"]
+__all__ = ["rd_plot", "rd_figure", "rd_panels", "show_crops", "conditional_histogram", "channel_density",
+           "channel_densities", "style_for"]
 
 # Fixed colours and markers, so that a codec looks the same in every chapter.
 _STYLES = {
@@ -217,3 +219,58 @@ def conditional_histogram(a, b, ax=None, bins: int = 41, limit: float | None = N
     if title:
         ax.set_title(title, fontsize=10)
     return ax
+
+
+def channel_density(bottleneck, values, channel: int, ax=None, title: str | None = None, seed: int = 0):
+    """One channel of a factorized prior against its data (Ballé et al. 2017, sec. 2.2).
+
+    Draws, for the latents ``values`` of ``channel`` (continuous ``y``, any shape): the
+    frequencies of the rounded ``ŷ = round(y − m) + m`` (bars; ``m`` the channel's median),
+    the histogram of the noisy ``y + u`` (``u ~ U(−½, ½)``, drawn from ``seed``), the model's
+    density ``p(ỹ) = c(ỹ + ½) − c(ỹ − ½)`` of ``bottleneck`` (an
+    :class:`~lictutor.entropy.EntropyBottleneck`) and its mass at the quantization points.
+    At those points the density of ``y + u`` equals the frequency of ``ŷ``, whatever the
+    model; the coder pays ``−log2`` of the *model's* mass. Returns the axis.
+    """
+    y = torch.as_tensor(values, dtype=torch.float32).detach().flatten().cpu()
+    median = float(bottleneck.quantiles[channel, 0, 1].detach())
+    noisy = y + torch.rand(y.shape, generator=torch.Generator().manual_seed(seed)) - 0.5
+    low, high = float(y.min()) - 2, float(y.max()) + 2
+    grid = torch.linspace(low, high, 800)
+    points = torch.arange(math.floor(low - median), math.ceil(high - median) + 1) + median
+
+    def likelihood(v):
+        with torch.no_grad():
+            rows = v.reshape(1, 1, -1).expand(1, bottleneck.channels, -1).to(bottleneck.quantiles.device)
+            return bottleneck.likelihood(rows)[0, channel].cpu()
+
+    ax = ax or plt.gca()
+    levels, counts = torch.unique(torch.round(y - median) + median, return_counts=True)
+    ax.bar(levels, counts / counts.sum(), width=0.25, color="C1", alpha=0.7, label="rounded ŷ (frequency)")
+    ax.hist(noisy.numpy(), bins=120, density=True, histtype="step", color="C0", label="noisy y + u (density)")
+    ax.plot(grid, likelihood(grid), "k", lw=1.2, label="model density p(ỹ)")
+    ax.plot(points, likelihood(points), "kx", label="model mass at the quantization points")
+    ax.set_xlim(float(points.min()), float(points.max()))
+    ax.set_xlabel(f"latent channel {channel}")
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax
+
+
+def channel_densities(bottleneck, latents, channels: Sequence[int], titles: Sequence[str] = (),
+                      suptitle: str | None = None):
+    """:func:`channel_density` for several ``channels`` side by side, one legend below them.
+    ``latents`` is (C, N) or (1, C, N): every channel's values, e.g. ``g_a`` of some photos,
+    flattened. Returns the figure."""
+    latents = torch.as_tensor(latents).reshape(bottleneck.channels, -1)
+    fig, axes = plt.subplots(1, len(channels), figsize=(4.6 * len(channels), 3.6), squeeze=False)
+    for i, (ax, channel) in enumerate(zip(axes[0], channels)):
+        channel_density(bottleneck, latents[channel], channel, ax, titles[i] if i < len(titles) else None)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return fig
+

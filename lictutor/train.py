@@ -64,6 +64,7 @@ from lictutor.checkpoint import (  # noqa: F401 (CHECKPOINT_FORMAT, teacher_dige
 )
 from lictutor.config import LATENT_STRIDE, TRANSFORMS, EntropyFitConfig, TrainConfig
 from lictutor.config import budget_config  # noqa: F401 (re-exported: it lived here)
+from lictutor.costs import record_training, run_summary, training_time  # noqa: F401 (re-exported for the chapters)
 from lictutor.device import pick_device, seed_everything
 from lictutor.errors import LictutorError
 from lictutor.intermediates import codec_forward, record
@@ -77,25 +78,6 @@ BatchLosses = Callable[[int], Dict[str, Tensor]]
 #: the terms besides loss, bpp and mse that the history records: the RD loss and the L1 term
 #: (``rd``, ``l1``) and every distillation term (``kd_<term>``)
 _LOGGED = ("rd", "l1")
-#: the training time (s) of every finished model :func:`train` and :func:`fit_entropy_model`
-#: returned in this process, trained or loaded, by run key (see :func:`training_time`)
-_RETURNED: Dict[str, float] = {}
-
-
-def training_time() -> tuple[float, int]:
-    """``(seconds, models)``: how long the finished models returned so far in this process
-    took to train, each counted once and read from its checkpoint's record whether it was
-    trained now or loaded from the cache -- what a chapter's models cost from an empty cache."""
-    return sum(_RETURNED.values()), len(_RETURNED)
-
-
-def run_summary(budget: str, started: float) -> str:
-    """The line a chapter ends with: the name of its ``budget``, its wall time since
-    ``started`` (a :func:`time.perf_counter` value), and :func:`training_time`, what its
-    models took to train from an empty cache."""
-    seconds, count = training_time()
-    return (f"budget {budget}: chapter ran in {time.perf_counter() - started:.0f} s; its {count} models took "
-            f"{seconds / 60:.1f} min to train from an empty cache")
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -229,7 +211,7 @@ def fit_entropy_model(config: EntropyFitConfig | TrainConfig, init_from: InitWei
 def _finished(key: str, model: nn.Module, ckpt: dict, cached: bool) -> tuple[nn.Module, dict]:
     """What :func:`train` and :func:`fit_entropy_model` return for a finished run, recorded
     for :func:`training_time`."""
-    _RETURNED[key] = ckpt["train_time"]
+    record_training(key, ckpt["train_time"])
     return model, {**ckpt, "cached": cached}
 
 

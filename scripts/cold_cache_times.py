@@ -1,7 +1,7 @@
 """Measure what each chapter costs from an empty cache: run the chapters in book order in fresh
 kernels sharing one new, empty ``LICTUTOR_HOME``, without writing the notebooks, and record per
 chapter its wall time (with the earlier chapters' models cached, as a reader who runs the book
-in order sees it) and the training time of every model it used (``lictutor.train.training_time``:
+in order sees it) and the training time of every model it used (``lictutor.costs.training_time``:
 from the checkpoints' records, so the same whether a model was trained or loaded -- the
 chapter's cost from an empty cache).
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-PROBE = "import json as _j, lictutor.train as _t\nprint('COLD-CACHE ' + _j.dumps(_t.training_time()))"
+PROBE = "import json as _j, lictutor.costs as _c\nprint('COLD-CACHE ' + _j.dumps(_c.training_time()))"
 
 
 def measure(path: Path) -> dict:

@@ -106,3 +106,29 @@ def test_rd_figure_has_one_legend_below_the_axes_and_zooms_to_named_curves():
     low, high = fig.axes[0].get_ylim()  # ours up to 1 bpp: 28 to 34 dB, with a margin
     assert 27 < low < 28 and 34 < high < 35 and fig.axes[0].get_xlim() == (0, 1.0)
     plt.close(fig)
+
+
+def test_channel_densities_draw_each_channel_against_the_model():
+    import matplotlib.pyplot as plt
+    import torch
+
+    from lictutor.entropy import EntropyBottleneck
+
+    torch.manual_seed(0)
+    bottleneck = EntropyBottleneck(4)
+    latents = torch.randn(4, 2000) * torch.tensor([0.5, 1.0, 3.0, 6.0])[:, None]
+    fig = plot.channel_densities(bottleneck, latents[None], [3, 1], titles=["wide", "narrow"])
+    assert [ax.get_title() for ax in fig.axes] == ["wide", "narrow"]
+    assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
+    ax = fig.axes[0]
+    bars = [patch.get_height() for patch in ax.containers[0]]
+    assert sum(bars) == pytest.approx(1.0)  # the rounded values' frequencies
+    points, mass = ax.get_lines()[-1].get_data()  # the model's mass at the quantization points
+    with torch.no_grad():
+        rows = torch.as_tensor(points, dtype=torch.float32).reshape(1, 1, -1).expand(1, 4, -1)
+        expected = bottleneck.likelihood(rows)[0, 3].numpy()
+    assert np.allclose(mass, expected)
+    median = float(bottleneck.quantiles[3, 0, 1].detach())
+    assert np.allclose((points - median) % 1, 0, atol=1e-5) or np.allclose((points - median) % 1, 1, atol=1e-5)
+    assert ax.get_xlim()[0] <= latents[3].min() and ax.get_xlim()[1] >= latents[3].max()
+    plt.close(fig)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import lictutor.train as train_module
-from lictutor import data, metrics, models, quantization
+from lictutor import costs, data, metrics, models, quantization
 from lictutor.budget import BUDGETS
 from lictutor.checkpoint import CHECKPOINT_FORMAT, cache_path, content_digest, load_checkpoint, save_checkpoint
 from lictutor.config import EntropyFitConfig, TrainConfig, budget_config
@@ -427,14 +427,14 @@ def test_l1_with_distillation_into_a_pruned_student():
 
 
 def test_training_time_counts_each_model_once_trained_or_loaded(monkeypatch):
-    monkeypatch.setattr(train_module, "_RETURNED", {})
+    monkeypatch.setattr(costs, "_RETURNED", {})
     _, first = train(tiny(), progress=False)
     _, again = train(tiny(), progress=False)  # from the cache: its record, not this call's time
     _, other = train(tiny(lmbda=0.05), progress=False)
     assert again["cached"] and again["train_time"] == first["train_time"]
-    assert train_module.training_time() == (first["train_time"] + other["train_time"], 2)
+    assert costs.training_time() == (first["train_time"] + other["train_time"], 2)
     train(tiny(steps=9), progress=False, stop_after=2)  # unfinished: not counted
-    assert train_module.training_time()[1] == 2
+    assert costs.training_time()[1] == 2
     minutes = (first["train_time"] + other["train_time"]) / 60
-    line = train_module.run_summary("smoke", time.perf_counter() - 65)
+    line = costs.run_summary("smoke", time.perf_counter() - 65)
     assert line == f"budget smoke: chapter ran in 65 s; its 2 models took {minutes:.1f} min to train from an empty cache"
