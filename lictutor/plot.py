@@ -130,8 +130,8 @@ def _zoom(ax, curves, margin: float, max_bpp: float | None = None) -> None:
 
 
 def _legend_below(fig, axes, suptitle: str | None) -> None:
-    """One legend for all of ``axes`` below them, and the figure's title."""
-    handles = {line.get_label(): line for ax in axes for line in ax.get_lines()}
+    """One legend for all of ``axes`` below them (each label once), and the figure's title."""
+    handles = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
     fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(len(handles), 4), fontsize=9)
     if suptitle:
         fig.suptitle(suptitle)
@@ -267,10 +267,5 @@ def channel_densities(bottleneck, latents, channels: Sequence[int], titles: Sequ
     fig, axes = plt.subplots(1, len(channels), figsize=(4.6 * len(channels), 3.6), squeeze=False)
     for i, (ax, channel) in enumerate(zip(axes[0], channels)):
         channel_density(bottleneck, latents[channel], channel, ax, titles[i] if i < len(titles) else None)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9)
-    if suptitle:
-        fig.suptitle(suptitle)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    _legend_below(fig, axes[0], suptitle)
     return fig
-
