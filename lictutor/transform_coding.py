@@ -7,8 +7,13 @@ histogram of each coefficient position. Its rate is the empirical entropy
 
     R = Σ_k  Σ_blocks  −log2 p_k(q)      (p_k: histogram of quantized coefficient k),
 
-a lower bound for a real coder without side information. This is JPEG's design with the
-hand-tuned parts (quantization tables, run-length and Huffman codes) replaced by their ideal.
+what an ideal coder achieves that codes each coefficient position on its own, from its
+exact histogram, sent for free. That is usually optimistic for JPEG's coder (fixed Huffman
+tables, with only zero runs and DC differences as context), but not a bound for every coder: a context-adaptive one (JPEG 2000's EBCOT,
+HEVC's CABAC) conditions each symbol on its already-coded neighbours and can spend less.
+The histograms are each image's own (an oracle) and cost nothing to send. This is JPEG's
+design with one uniform step in place of its quantization tables, and an ideal coder in place
+of its run-length and Huffman codes.
 """
 
 from __future__ import annotations

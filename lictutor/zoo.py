@@ -5,8 +5,8 @@ Each function trains through :func:`lictutor.train.train` (or
 whose cache under ``$LICTUTOR_HOME/checkpoints`` makes a later chapter load what an earlier
 one trained. Settings come from the active :class:`lictutor.budget.Budget`.
 
-* :func:`factorized_models` -- chapter 2: a model trained from scratch at the middle λ, and
-  every λ fine-tuned from it for half as many steps at a lower learning rate
+* :func:`factorized_models` -- chapter 2: a model trained from scratch at the middle λ
+  (:func:`factorized_base`), and every λ fine-tuned from it for half as many steps at a lower learning rate
   (:data:`FINE_TUNE_LR`).
 * :func:`hyperprior_models` -- chapters 3–4: a hyperprior-family model per λ (scale,
   mean-scale or context) warm-started from the factorized model's transforms ``g_a``/``g_s``
@@ -48,9 +48,10 @@ from lictutor.budget import Budget
 from lictutor.checkpoint import check_out
 from lictutor.config import LATENT_STRIDE, TRANSFORMS, EntropyFitConfig, TrainConfig, budget_config
 from lictutor.errors import LictutorError
+from lictutor.models.base import NONLINEARITIES
 from lictutor.train import fit_entropy_model, train  # fit_entropy_model re-exported: chapters use it from here
 
-__all__ = ["factorized_model", "factorized_models", "hyperprior_model", "hyperprior_models", "hyperprior_stages",
+__all__ = ["factorized_base", "factorized_model", "factorized_models", "hyperprior_model", "hyperprior_models", "hyperprior_stages",
            "trained_model", "transforms_of", "fast_transforms_of", "FINE_TUNE_LR", "GRID_SHIFTS",
            "HYPERPRIOR_FAMILIES"]
 
@@ -103,25 +104,46 @@ def fast_transforms_of(model: nn.Module, seed: int = 0) -> dict:
     return out
 
 
-def factorized_model(budget: Budget, lmbda: float, progress: bool = True, **options) -> tuple[nn.Module, dict]:
-    """Chapter 2's factorized prior at ``lmbda``, ``(model, checkpoint)``: a base model
-    trained from scratch at the budget's middle λ for ``budget.steps``, then fine-tuned
-    from it at ``lmbda`` (the middle λ too) for half as many steps, with a peak learning rate
-    of :data:`FINE_TUNE_LR` times the budget's. ``options`` go to
+def factorized_base(budget: Budget, progress: bool = True, nonlinearity: str = "gdn", **options) -> tuple[nn.Module, dict]:
+    """The model every λ of chapter 2's curve is fine-tuned from, ``(model, checkpoint)``:
+    trained from scratch at the budget's middle λ for ``budget.steps``. ``nonlinearity``
+    replaces GDN in both transforms (:data:`lictutor.models.base.NONLINEARITIES`; chapter 1's
+    comparison), everything else the same; ``options`` are training settings (``images``,
+    ``augment``, ``seed``) for :func:`lictutor.config.budget_config`."""
+    lmbdas = sorted(budget.lmbdas)
+    return train(budget_config(budget, lmbdas[len(lmbdas) // 2], **_architecture(budget, nonlinearity), **options),
+                 progress=progress)
+
+
+def factorized_model(budget: Budget, lmbda: float, progress: bool = True, nonlinearity: str = "gdn",
+                     **options) -> tuple[nn.Module, dict]:
+    """Chapter 2's factorized prior at ``lmbda``, ``(model, checkpoint)``: the
+    :func:`factorized_base` model fine-tuned at ``lmbda`` (the middle λ too) for half as many
+    steps, with a peak learning rate of :data:`FINE_TUNE_LR` times the budget's.
+    ``nonlinearity`` as for :func:`factorized_base`. ``options`` go to
     :func:`lictutor.train.train` (``out``, ``force``) or, if they are training settings
     (``images``, ``augment``, ``seed``), to both configurations."""
     run = _checked_run(options)
-    lmbdas = sorted(budget.lmbdas)
-    base = budget_config(budget, lmbdas[len(lmbdas) // 2], **options)
     tuned = budget_config(budget, lmbda, steps=max(budget.steps // 2, 1), lr=budget.lr * FINE_TUNE_LR,
-                          **options)  # checked before training
-    return train(tuned, init_from=train(base, progress=progress)[0].state_dict(), progress=progress, **run)
+                          **_architecture(budget, nonlinearity), **options)  # checked before training
+    base, _ = factorized_base(budget, progress, nonlinearity, **options)
+    return train(tuned, init_from=base.state_dict(), progress=progress, **run)
 
 
-def factorized_models(budget: Budget, progress: bool = True, **options) -> dict[float, nn.Module]:
-    """Chapter 2's factorized priors, ``{λ: model}`` for every λ of the budget
-    (:func:`factorized_model`), so that each point of the curve has had the same training."""
-    return {lmbda: factorized_model(budget, lmbda, progress, **options)[0] for lmbda in sorted(budget.lmbdas)}
+def _architecture(budget: Budget, nonlinearity: str) -> dict:
+    """The ``model_args`` change for a factorized model with ``nonlinearity`` in place of GDN;
+    none for GDN, so that its models keep the cache keys they always had."""
+    if nonlinearity not in NONLINEARITIES:
+        raise LictutorError(f"unknown nonlinearity {nonlinearity!r}; use one of {', '.join(NONLINEARITIES)}")
+    return {} if nonlinearity == "gdn" else {"model_args": {"N": budget.N, "M": budget.M, "nonlinearity": nonlinearity}}
+
+
+def factorized_models(budget: Budget, progress: bool = True, lmbdas=None, **options) -> dict[float, nn.Module]:
+    """Chapter 2's factorized priors, ``{λ: model}`` for every λ of the budget, or for
+    ``lmbdas`` (:func:`factorized_model`), so that each point of the curve has had the same
+    training."""
+    return {lmbda: factorized_model(budget, lmbda, progress, **options)[0]
+            for lmbda in sorted(budget.lmbdas if lmbdas is None else lmbdas)}
 
 
 def hyperprior_stages(budget: Budget, lmbda: float, model: str, shifts=None,

@@ -149,3 +149,22 @@ def test_create_by_name():
 def test_from_state_dict_needs_the_2018_transforms():
     with pytest.raises(LictutorError, match="g_a.6.weight"):
         FactorizedPrior2017.from_state_dict(FactorizedPrior2017(N=8).state_dict())
+
+
+@pytest.mark.parametrize("kind", ["relu", "identity"])
+def test_nonlinearity_replaces_gdn_and_keeps_the_convolutions(kind):
+    """Chapter 1's controls: the convolutions keep their names and shapes; ``identity`` leaves a
+    linear map (the code of a sum is the sum of the codes, up to the bias)."""
+    gdn, other = FactorizedPrior(N, M), models.create("factorized", N=N, M=M, nonlinearity=kind)
+    convs = {k: v.shape for k, v in gdn.state_dict().items() if ".beta" not in k and ".gamma" not in k}
+    assert {k: v.shape for k, v in other.state_dict().items()} == convs
+    assert not any(isinstance(m, type(gdn.g_a[1])) for m in other.modules())
+    a, b = _image(1, 1), _image(2, 1)
+    with torch.no_grad():
+        zero = other.g_a(torch.zeros_like(a))
+        linear = torch.allclose(other.g_a(a + b) - zero, (other.g_a(a) - zero) + (other.g_a(b) - zero), atol=1e-5)
+    assert linear == (kind == "identity")
+    out = other(a)
+    assert out["x_hat"].shape == a.shape and out["likelihoods"]["y"].shape[1] == M
+    with pytest.raises(LictutorError, match="unknown nonlinearity 'tanh'"):
+        models.create("factorized", N=8, M=12, nonlinearity="tanh")

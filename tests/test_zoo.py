@@ -213,3 +213,30 @@ def test_fit_entropy_model_also_freezes_what_config_frozen_names():
     with pytest.raises(LictutorError, match="rate alone"):
         zoo.fit_entropy_model(TrainConfig(model="hyperprior", steps=1, frozen=("g_a", "g_s"), l1=0.1, **TINY),
                               init, progress=False)
+
+
+def test_factorized_model_nonlinearity_changes_only_the_architecture(monkeypatch):
+    """Chapter 1's controls: the same recipe with GDN replaced; GDN's cache keys do not move."""
+    budget = get_budget("smoke").with_(steps=4, N=8, M=12, lmbdas=(0.01, 0.02, 0.04))
+    configs = []
+
+    def fake_train(config, init_from=None, progress=True, **run):
+        configs.append(config)
+        return models.create(config.model, **config.model_args), {}
+
+    monkeypatch.setattr(zoo, "train", fake_train)
+    gdn = [c.key() for c in (zoo.factorized_model(budget, 0.01, progress=False), configs)[1]]
+    configs.clear()
+    assert [c.key() for c in (zoo.factorized_model(budget, 0.01, progress=False, nonlinearity="gdn"), configs)[1]] == gdn
+    configs.clear()
+    model, _ = zoo.factorized_model(budget, 0.01, progress=False, nonlinearity="relu")
+    assert [c.model_args for c in configs] == [{"N": 8, "M": 12, "nonlinearity": "relu"}] * 2
+    assert [c.lmbda for c in configs] == [0.02, 0.01] and not set(c.key() for c in configs) & set(gdn)
+    assert isinstance(model.g_a[1], torch.nn.ReLU)
+    configs.clear()
+    zoo.factorized_base(budget, progress=False, nonlinearity="identity", seed=1)  # chapter 1's second seed
+    assert [(c.lmbda, c.steps, c.seed, c.model_args["nonlinearity"]) for c in configs] == [(0.02, 4, 1, "identity")]
+    configs.clear()
+    assert sorted(zoo.factorized_models(budget, progress=False, lmbdas=(0.04, 0.01))) == [0.01, 0.04]
+    with pytest.raises(LictutorError, match="unknown nonlinearity 'tanh'"):
+        zoo.factorized_model(budget, 0.01, progress=False, nonlinearity="tanh")

@@ -19,26 +19,43 @@ from lictutor.entropy import EntropyBottleneck, EntropyModel
 from lictutor.errors import LictutorError
 from lictutor.layers import GDN, conv, deconv
 
-__all__ = ["CompressionModel", "analysis_transform", "synthesis_transform", "pointwise_network"]
+__all__ = ["CompressionModel", "analysis_transform", "synthesis_transform", "pointwise_network", "NONLINEARITIES"]
 
 
-def analysis_transform(N: int, M: int) -> nn.Sequential:
+#: the nonlinearities :func:`analysis_transform` and :func:`synthesis_transform` can put between
+#: their convolutions: GDN/IGDN (Ballé et al. 2016), ReLU (the usual CNN choice), or none at all,
+#: which leaves a *learned linear* transform (chapter 1's comparison)
+NONLINEARITIES = ("gdn", "relu", "identity")
+
+
+def _nonlinearity(kind: str, channels: int, inverse: bool) -> nn.Module:
+    if kind not in NONLINEARITIES:
+        raise LictutorError(f"unknown nonlinearity {kind!r}; use one of {', '.join(NONLINEARITIES)}")
+    if kind == "gdn":
+        return GDN(channels, inverse=inverse)
+    return nn.ReLU() if kind == "relu" else nn.Identity()
+
+
+def analysis_transform(N: int, M: int, nonlinearity: str = "gdn") -> nn.Sequential:
     """``g_a`` of Ballé et al. 2018 (shared by the factorized, hyperprior and context models):
-    four 5×5 stride-2 convolutions with GDN between them, 3 → N → N → N → M channels."""
+    four 5×5 stride-2 convolutions with GDN between them, 3 → N → N → N → M channels.
+    ``nonlinearity`` (:data:`NONLINEARITIES`) replaces GDN at the same positions, so the
+    convolutions keep their module names (``g_a.0``, ``g_a.2``, …)."""
     return nn.Sequential(
-        conv(3, N), GDN(N),
-        conv(N, N), GDN(N),
-        conv(N, N), GDN(N),
+        conv(3, N), _nonlinearity(nonlinearity, N, False),
+        conv(N, N), _nonlinearity(nonlinearity, N, False),
+        conv(N, N), _nonlinearity(nonlinearity, N, False),
         conv(N, M),
     )  # fmt: skip
 
 
-def synthesis_transform(N: int, M: int) -> nn.Sequential:
-    """``g_s``: the mirror of :func:`analysis_transform`, transposed convolutions and IGDN."""
+def synthesis_transform(N: int, M: int, nonlinearity: str = "gdn") -> nn.Sequential:
+    """``g_s``: the mirror of :func:`analysis_transform`, transposed convolutions and IGDN
+    (or ``nonlinearity``, as there)."""
     return nn.Sequential(
-        deconv(M, N), GDN(N, inverse=True),
-        deconv(N, N), GDN(N, inverse=True),
-        deconv(N, N), GDN(N, inverse=True),
+        deconv(M, N), _nonlinearity(nonlinearity, N, True),
+        deconv(N, N), _nonlinearity(nonlinearity, N, True),
+        deconv(N, N), _nonlinearity(nonlinearity, N, True),
         deconv(N, 3),
     )  # fmt: skip
 

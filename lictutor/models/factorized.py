@@ -70,14 +70,17 @@ class FactorizedPrior(_FactorizedCodec):
     Args:
         N: channels of the hidden layers.
         M: channels of the latent ``y``.
+        nonlinearity: what sits between the convolutions, ``"gdn"`` (the paper's GDN/IGDN),
+            ``"relu"`` or ``"identity"`` (a learned *linear* transform): chapter 1 trains all
+            three to measure what GDN buys (:data:`lictutor.models.base.NONLINEARITIES`).
     """
 
-    def __init__(self, N: int = 128, M: int = 192):
+    def __init__(self, N: int = 128, M: int = 192, nonlinearity: str = "gdn"):
         super().__init__()
         self.entropy_bottleneck = EntropyBottleneck(M)
-        self.g_a = analysis_transform(N, M)
-        self.g_s = synthesis_transform(N, M)
-        self.N, self.M = int(N), int(M)
+        self.g_a = analysis_transform(N, M, nonlinearity)
+        self.g_s = synthesis_transform(N, M, nonlinearity)
+        self.N, self.M, self.nonlinearity = int(N), int(M), nonlinearity
 
 
 class FactorizedPrior2017(_FactorizedCodec):
