@@ -13,6 +13,10 @@ for whatever dependency is left, so it is worth measuring:
 * ``across``: the correlation of ``|y_c|`` with ``|y_d|`` at the same position, over pairs of
   channels ``c ≠ d``.
 
+Two more measurements say why: :func:`normalization_effect`, what each GDN of an encoder does
+to the dependency across its channels and how much of its denominators other channels supply,
+and :func:`dead_channels`, the ReLU units that never fire.
+
 Each channel is first centred on its mean (so ``|y_c|`` is the size of its deviation, not of an
 offset), and each correlation is averaged over the ``top`` channels with the largest variance
 (channels a model leaves unused are nearly constant, and their correlations are noise),
@@ -29,7 +33,7 @@ import torch
 from lictutor.errors import LictutorError
 from lictutor.images import pad, to_tensor
 
-__all__ = ["magnitude_dependency", "latent_dependency"]
+__all__ = ["magnitude_dependency", "latent_dependency", "dead_channels", "normalization_effect"]
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
@@ -72,3 +76,50 @@ def latent_dependency(model, images, top: int = 8) -> dict:
         latents = [model.g_a(pad(to_tensor(img)[None], model.downsampling_factor).to(device))[0].cpu().numpy()
                    for _, img in images]
     return magnitude_dependency(latents, top)
+
+
+def _images_through(model, images, modules):
+    """``{name: [(input, output), ...]}`` of the named ``modules`` of ``model``, one pair of
+    ``C×H×W`` arrays per image, recorded with forward hooks while ``model`` codes ``images``."""
+    seen = {name: [] for name in modules}
+    hooks = [module.register_forward_hook(lambda mod, inp, out, name=name: seen[name].append(
+        (inp[0][0].detach().cpu().numpy(), out[0].detach().cpu().numpy()))) for name, module in modules.items()]
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            for _, img in images:
+                model(pad(to_tensor(img)[None], model.downsampling_factor).to(device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def dead_channels(model, images) -> dict:
+    """``{name: (dead, channels)}`` for every ReLU of ``model``: how many of its output channels
+    are never positive on ``images``, units that pass no signal (and, once dead, get no gradient)."""
+    relus = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.ReLU)}
+    seen = _images_through(model, images, relus)
+    return {name: (int((~np.any([(out > 0).any(axis=(1, 2)) for _, out in pairs], axis=0)).sum()), pairs[0][1].shape[0])
+            for name, pairs in seen.items()}
+
+
+def normalization_effect(model, images, top: int = 8) -> dict:
+    """What each GDN of ``model``'s ``g_a`` does on ``images``: ``{name: {"before", "after",
+    "others"}}``, the ``across`` magnitude correlation (:func:`magnitude_dependency`) of its input
+    ``u`` and of its output, over the ``top`` input channels of largest variance, and the share of
+    its denominators ``β_i + Σ_j γ_ij u_j²`` (summed over channels and positions) that the other
+    channels ``j ≠ i`` supply: 0 for a per-channel gain, as GDN starts (γ diagonal)."""
+    gdns = {f"g_a.{i}": m for i, m in enumerate(model.g_a) if hasattr(m, "gamma_reparam")}
+    out = {}
+    for name, pairs in _images_through(model, images, gdns).items():
+        channels = magnitude_dependency([u for u, _ in pairs], top)["channels"]
+        before, after = (magnitude_dependency([t[channels] for t in ts], top)["across"] for ts in zip(*pairs))
+        gdn = gdns[name]
+        gamma = gdn.gamma_reparam(gdn.gamma).detach().cpu().numpy().astype(np.float64)
+        beta = gdn.beta_reparam(gdn.beta).detach().cpu().numpy().astype(np.float64)
+        energy = sum((u.astype(np.float64) ** 2).sum(axis=(1, 2)) for u, _ in pairs)  # Σ over positions of u_j²
+        positions = sum(u[0].size for u, _ in pairs)
+        others = (gamma - np.diag(np.diag(gamma))) @ energy
+        out[name] = {"before": before, "after": after, "others": float(others.sum() / (gamma @ energy + beta * positions).sum())}
+    return out

@@ -45,3 +45,25 @@ def test_latent_dependency_of_a_model_and_bad_input():
         dependency.latent_dependency(model, [])
     with pytest.raises(LictutorError, match="C×H×W"):
         dependency.magnitude_dependency([np.zeros((4, 4))])
+
+
+def test_dead_channels_counts_relu_units_that_never_fire():
+    torch.manual_seed(0)
+    model = models.create("factorized", N=8, M=12, nonlinearity="relu").eval()
+    with torch.no_grad():
+        model.g_a[0].bias[:3] = -1e3  # three channels of the first convolution can never be positive
+    dead = dependency.dead_channels(model, data.eval_images(count=1, size=64))
+    assert set(dead) == {"g_a.1", "g_a.3", "g_a.5", "g_s.1", "g_s.3", "g_s.5"}
+    assert dead["g_a.1"][0] >= 3 and dead["g_a.1"][1] == 8
+
+
+def test_normalization_effect_of_a_diagonal_gdn_is_a_per_channel_gain():
+    torch.manual_seed(0)
+    model = models.create("factorized", N=8, M=12).eval()  # γ starts diagonal: no other channel counts
+    effect = dependency.normalization_effect(model, data.eval_images(count=1, size=64), top=4)
+    assert set(effect) == {"g_a.1", "g_a.3", "g_a.5"}
+    assert all(e["others"] == 0 for e in effect.values())
+    with torch.no_grad():  # every channel divided by the energy of the others only
+        gdn = model.g_a[1]
+        gdn.gamma.copy_(gdn.gamma_reparam.init(100 * (torch.ones(8, 8) - torch.eye(8))))  # far above β = 1
+    assert dependency.normalization_effect(model, data.eval_images(count=1, size=64), top=4)["g_a.1"]["others"] > 0.9
