@@ -80,7 +80,7 @@ class FactorizedPrior(_FactorizedCodec):
         self.entropy_bottleneck = EntropyBottleneck(M)
         self.g_a = analysis_transform(N, M, nonlinearity)
         self.g_s = synthesis_transform(N, M, nonlinearity)
-        self.N, self.M, self.nonlinearity = int(N), int(M), nonlinearity
+        self.N, self.M = int(N), int(M)
 
 
 class FactorizedPrior2017(_FactorizedCodec):
