@@ -31,5 +31,7 @@ def run_summary(budget: str, started: float) -> str:
     ``started`` (a :func:`time.perf_counter` value), and :func:`training_time`, what its
     models took to train from an empty cache."""
     seconds, count = training_time()
-    return (f"budget {budget}: chapter ran in {time.perf_counter() - started:.0f} s; its {count} models took "
-            f"{seconds / 60:.1f} min to train from an empty cache")
+    ran = f"budget {budget}: chapter ran in {time.perf_counter() - started:.0f} s"
+    if count == 0:
+        return f"{ran}; it trains no models"
+    return f"{ran}; its {count} model{'s' * (count != 1)} took {seconds / 60:.1f} min to train from an empty cache"

@@ -38,7 +38,7 @@ from lictutor.errors import LictutorError
 from lictutor.images import pad, to_tensor, to_uint8  # pad re-exported: chapters use it from here
 from lictutor.metrics import psnr
 
-__all__ = ["compress_image", "decompress_image", "evaluate_model", "latent_shape", "relaxation_gap"]
+__all__ = ["compress_image", "decompress_image", "evaluate_model", "latent_shape", "relaxation_gap", "channel_bits"]
 
 #: prefixes of the state-dict entries only the encoder uses (left out of the config hash)
 _ENCODER_ONLY = ("g_a.", "h_a.")
@@ -168,6 +168,28 @@ def relaxation_gap(model, images, model_name: str, seed: int = 0) -> dict:
     finally:
         model.train(was_training)
     return {k: float(np.mean(v)) for k, v in values.items()}
+
+
+def channel_bits(model, images) -> torch.Tensor:
+    """Bits per element of each latent channel of ``ŷ`` on ``images`` (``(name, uint8
+    H×W×3)`` pairs): ``−Σ log2 p(ŷ)`` over every position of every image, from the model's
+    likelihoods in evaluation mode (rounded latents), divided by the positions; a tensor of
+    ``M`` values. Minnen et al. 2018 report that a codec given more channels than it
+    needs switches the extra ones off: their latents become a value the prior predicts with
+    probability close to 1, and they cost close to 0 bits. The model's mode is restored."""
+    if not images:
+        raise LictutorError("channel_bits needs at least one image")
+    was_training, bits, positions = model.training, 0.0, 0
+    model.eval()
+    try:
+        with torch.no_grad():
+            for _, img in images:
+                likelihoods = model(pad(to_tensor(img)[None], model.downsampling_factor).to(_device(model)))["likelihoods"]["y"]
+                bits = bits + (-torch.log2(likelihoods)).sum(dim=(0, 2, 3)).cpu()
+                positions += likelihoods[0, 0].numel()
+    finally:
+        model.train(was_training)
+    return bits / positions
 
 
 def _load(item):

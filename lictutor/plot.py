@@ -13,9 +13,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from lictutor.metrics import msssim_db
+from lictutor.errors import LictutorError
+from lictutor.metrics import bd_rate, msssim_db, rate_difference
 
-__all__ = ["rd_plot", "rd_figure", "rd_panels", "show_crops", "conditional_histogram", "channel_density",
+__all__ = ["rd_plot", "rd_figure", "rd_panels", "rate_difference_figure", "show_crops", "conditional_histogram", "channel_density",
            "channel_densities", "style_for"]
 
 # Fixed colours and markers, so that a codec looks the same in every chapter.
@@ -167,6 +168,37 @@ def rd_panels(panels: dict[str, Sequence[dict]], zoom: Sequence[str] = (), metri
         ax.set_title(title, fontsize=10)
         ax.grid(True, alpha=0.3)
     _legend_below(fig, axes[0], suptitle)
+    return fig
+
+
+def rate_difference_figure(curves: Sequence[dict], anchor: dict, suptitle: str | None = None, points: int = 200):
+    """The rate of each curve against ``anchor``'s at equal quality, in percent, along the
+    quality axis (:func:`lictutor.metrics.rate_difference`): one panel for PSNR, one for
+    MS-SSIM, each curve over the range it shares with the anchor, labelled with its BD-rate
+    (the average of what is drawn), one legend below. Where RD curves lie within a line's
+    width of each other, this shows their differences and where along the curve they arise.
+    A pair that allows no BD-rate (quality not rising with rate, no overlap: an undertrained
+    model) is left out of its panel and labelled "not comparable". Returns the figure."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, metric in zip(axes, ("psnr-rgb", "ms-ssim-rgb")):
+        xa, ya = _xy(anchor, metric)
+        for i, curve in enumerate(curves):
+            x, y = _xy(curve, metric)
+            colour, _ = style_for(curve["name"], i)
+            try:
+                label = f"{curve['name']} ({bd_rate(xa, ya, x, y):+.1f} % BD-rate)"
+            except LictutorError:
+                ax.plot([], [], color=colour, lw=1.8, label=f"{curve['name']} (not comparable)")
+                continue
+            quality = np.linspace(max(ya.min(), y.min()), min(ya.max(), y.max()), points)
+            ax.plot(quality, rate_difference(xa, ya, x, y, quality), color=colour, lw=1.8, label=label)
+            ax.plot(y, rate_difference(xa, ya, x, y, y), "o", color=colour, ms=4)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xlabel(METRIC_LABELS.get(metric, metric))
+        ax.set_ylabel(f"rate against {anchor['name']} [%]")
+        ax.set_title(f"{METRIC_LABELS.get(metric, metric).split(' [')[0]}: negative is fewer bits", fontsize=10)
+        ax.grid(True, alpha=0.3)
+    _legend_below(fig, axes, suptitle)
     return fig
 
 

@@ -103,37 +103,43 @@ def fast_transforms_of(model: nn.Module, seed: int = 0) -> dict:
     return out
 
 
-def factorized_base(budget: Budget, progress: bool = True, nonlinearity: str = "gdn", **options) -> tuple[nn.Module, dict]:
+def factorized_base(budget: Budget, progress: bool = True, nonlinearity: str = "gdn", M: int | None = None,
+                    **options) -> tuple[nn.Module, dict]:
     """The model every λ of chapter 2's curve is fine-tuned from, ``(model, checkpoint)``:
     trained from scratch at the budget's middle λ for ``budget.steps``. ``nonlinearity``
     replaces GDN in both transforms (:data:`lictutor.models.base.NONLINEARITIES`; chapter 1's
-    comparison), everything else the same; ``options`` are training settings (``images``,
+    comparison) and ``M`` the budget's number of latent channels (chapter 4's bottleneck
+    study), everything else the same; ``options`` are training settings (``images``,
     ``augment``, ``seed``) for :func:`lictutor.config.budget_config`."""
     lmbdas = sorted(budget.lmbdas)
-    return train(budget_config(budget, lmbdas[len(lmbdas) // 2], **_architecture(budget, nonlinearity), **options),
+    return train(budget_config(budget, lmbdas[len(lmbdas) // 2], **_architecture(budget, nonlinearity, M), **options),
                  progress=progress)
 
 
 def factorized_model(budget: Budget, lmbda: float, progress: bool = True, nonlinearity: str = "gdn",
-                     **options) -> tuple[nn.Module, dict]:
+                     M: int | None = None, **options) -> tuple[nn.Module, dict]:
     """Chapter 2's factorized prior at ``lmbda``, ``(model, checkpoint)``: the
     :func:`factorized_base` model fine-tuned at ``lmbda`` (the middle λ too) for half as many
     steps, with a peak learning rate of :data:`FINE_TUNE_LR` times the budget's.
-    ``nonlinearity`` as for :func:`factorized_base`. ``options`` go to
+    ``nonlinearity`` and ``M`` as for :func:`factorized_base`. ``options`` go to
     :func:`lictutor.train.train` (``out``, ``force``) or, if they are training settings
     (``images``, ``augment``, ``seed``), to both configurations."""
     run = _checked_run(options)
     tuned = budget_config(budget, lmbda, steps=max(budget.steps // 2, 1), lr=budget.lr * FINE_TUNE_LR,
-                          **_architecture(budget, nonlinearity), **options)  # checked before training
-    base, _ = factorized_base(budget, progress, nonlinearity, **options)
+                          **_architecture(budget, nonlinearity, M), **options)  # checked before training
+    base, _ = factorized_base(budget, progress, nonlinearity, M, **options)
     return train(tuned, init_from=base.state_dict(), progress=progress, **run)
 
 
-def _architecture(budget: Budget, nonlinearity: str) -> dict:
-    """The ``model_args`` change for a factorized model with ``nonlinearity`` in place of GDN;
-    none for GDN, so that its models keep the cache keys they always had. An unknown name is
-    reported when the first model is built, before any training."""
-    return {} if nonlinearity == "gdn" else {"model_args": {"N": budget.N, "M": budget.M, "nonlinearity": nonlinearity}}
+def _architecture(budget: Budget, nonlinearity: str = "gdn", M: int | None = None) -> dict:
+    """The ``model_args`` change for a model with ``M`` latent channels (default the budget's)
+    and, for a factorized model, ``nonlinearity`` in place of GDN; none for GDN at the budget's
+    ``M``, so that those models keep the cache keys they always had. An unknown name or a bad
+    ``M`` is reported when the first model is built, before any training."""
+    if nonlinearity == "gdn" and M in (None, budget.M):
+        return {}
+    extra = {} if nonlinearity == "gdn" else {"nonlinearity": nonlinearity}
+    return {"model_args": {"N": budget.N, "M": budget.M if M is None else M, **extra}}
 
 
 def factorized_models(budget: Budget, progress: bool = True, lmbdas=None, **options) -> dict[float, nn.Module]:
@@ -159,15 +165,18 @@ def hyperprior_stages(budget: Budget, lmbda: float, model: str, shifts=None,
 
 
 def hyperprior_model(budget: Budget, lmbda: float, model: str = "hyperprior", progress: bool = True,
-                     out=None, force: bool = False, **changes) -> tuple[nn.Module, dict]:
+                     out=None, force: bool = False, M: int | None = None, **changes) -> tuple[nn.Module, dict]:
     """A hyperprior-family ``model`` at ``lmbda``, ``(model, checkpoint)``, warm-started
-    from :func:`factorized_model` at the same λ (see the module docstring). ``changes`` go to
-    :func:`hyperprior_stages` (``shifts=GRID_SHIFTS``: chapter 4's stage 1); the training
-    settings among them (``images``, ``augment``, ``seed``) to the factorized model too."""
+    from :func:`factorized_model` at the same λ (see the module docstring). ``M``: latent
+    channels in place of the budget's, for this model and the factorized one (chapter 4's
+    bottleneck study). ``changes`` go to :func:`hyperprior_stages` (``shifts=GRID_SHIFTS``:
+    chapter 4's stage 1); the training settings among them (``images``, ``augment``, ``seed``)
+    to the factorized model too."""
     run = _checked_run({"out": out, "force": force})
-    fit, joint = hyperprior_stages(budget, lmbda, model, **changes)  # checked before training
+    fit, joint = hyperprior_stages(budget, lmbda, model, **_architecture(budget, M=M), **changes)  # checked before training
     warm_start = fast_transforms_of if model == "fast" else transforms_of
-    factorized, _ = factorized_model(budget, lmbda, progress, **{k: v for k, v in changes.items() if k in _DATA_SETTINGS})
+    factorized, _ = factorized_model(budget, lmbda, progress, M=M,
+                                     **{k: v for k, v in changes.items() if k in _DATA_SETTINGS})
     stage1, _ = fit_entropy_model(fit, warm_start(factorized), progress=progress)
     return train(joint, init_from=stage1.state_dict(), progress=progress, **run)
 

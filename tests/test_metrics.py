@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from lictutor.errors import LictutorError
-from lictutor.metrics import bd_psnr, bd_rate, bpp_from_bytes, bpp_from_likelihoods, entropy_bits, ms_ssim, psnr
+from lictutor.metrics import (bd_psnr, bd_rate, bpp_from_bytes, bpp_from_likelihoods, entropy_bits, ms_ssim, psnr,
+                              rate_difference)
 
 
 def random_image(h=32, w=48, seed=0):
@@ -243,3 +244,21 @@ def test_entropy_bits():
     assert entropy_bits([0, 0, 0, 1]) == pytest.approx(0.811278, abs=1e-6)
     with pytest.raises(LictutorError):
         entropy_bits([])
+
+
+@pytest.mark.parametrize("method", ["akima", "pchip", "cubic"])
+def test_rate_difference_is_what_bd_rate_averages(method):
+    """The log-rate gap grows by 0.02 per dB (zero at 30 dB): the difference at each quality is
+    exp(gap) − 1, nan outside the shared range, and BD-rate is exp of the mean log-gap."""
+    dist = np.arange(26.0, 38.5, 2.0)
+    rate = np.exp(dist / 3)
+    test = rate * np.exp(0.02 * (dist - 30))
+    quality = np.array([25.0, 26.0, 30.0, 34.0, 38.0, 39.0])
+    diff = rate_difference(rate, dist, test, dist, quality, method)
+    assert np.isnan(diff[[0, -1]]).all()
+    assert diff[1:-1] == pytest.approx(100 * np.expm1(0.02 * (quality[1:-1] - 30)), abs=1e-9)
+    grid = np.linspace(26, 38, 2001)
+    mean_log = np.log1p(rate_difference(rate, dist, test, dist, grid, method) / 100).mean()
+    assert 100 * math.expm1(mean_log) == pytest.approx(bd_rate(rate, dist, test, dist, method), abs=1e-3)
+    with pytest.raises(LictutorError, match="not monotonic"):
+        rate_difference(rate, dist[::-1].copy(), test, dist, quality, method)

@@ -132,3 +132,21 @@ def test_channel_densities_draw_each_channel_against_the_model():
     assert np.allclose((points - median) % 1, 0, atol=1e-5) or np.allclose((points - median) % 1, 1, atol=1e-5)
     assert ax.get_xlim()[0] <= latents[3].min() and ax.get_xlim()[1] >= latents[3].max()
     plt.close(fig)
+
+
+def test_rate_difference_figure_draws_each_curve_over_its_shared_range():
+    anchor = _curve("factorized")
+    better = {"name": "context", "results": {**anchor["results"], "bpp": [0.9 * b for b in anchor["results"]["bpp"]]}}
+    fig = plot.rate_difference_figure([better, _curve("shifted", 1.0)], anchor, suptitle="against the factorized prior")
+    psnr_axis = fig.axes[0]
+    line, points = psnr_axis.get_lines()[:2]
+    assert np.allclose(line.get_ydata(), -10.0) and np.allclose(points.get_ydata(), -10.0)
+    quality = psnr_axis.get_lines()[2].get_xdata()  # 'shifted' covers 29–39 dB, the anchor 28–38 dB
+    assert quality.min() == pytest.approx(29.0) and quality.max() == pytest.approx(38.0)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels[0] == "context (-10.0 % BD-rate)"
+    assert fig._suptitle.get_text() == "against the factorized prior"
+    flat = {"name": "undertrained", "results": {"bpp": [0.5, 0.5, 0.6, 0.6], "psnr-rgb": [9.5, 9.6, 9.6, 9.7],
+                                                "ms-ssim-rgb": [0.5, 0.6, 0.6, 0.7]}}
+    fig = plot.rate_difference_figure([flat], anchor)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["undertrained (not comparable)"]

@@ -438,3 +438,8 @@ def test_training_time_counts_each_model_once_trained_or_loaded(monkeypatch):
     minutes = (first["train_time"] + other["train_time"]) / 60
     line = costs.run_summary("smoke", time.perf_counter() - 65)
     assert line == f"budget smoke: chapter ran in 65 s; its 2 models took {minutes:.1f} min to train from an empty cache"
+
+
+def test_run_summary_of_a_chapter_that_trains_nothing(monkeypatch):
+    monkeypatch.setattr(costs, "_RETURNED", {})
+    assert costs.run_summary("cpu", time.perf_counter() - 35) == "budget cpu: chapter ran in 35 s; it trains no models"

@@ -240,3 +240,28 @@ def test_factorized_model_nonlinearity_changes_only_the_architecture(monkeypatch
     assert sorted(zoo.factorized_models(budget, progress=False, lmbdas=(0.04, 0.01))) == [0.01, 0.04]
     with pytest.raises(LictutorError, match="unknown nonlinearity 'tanh'"):
         zoo.factorized_model(budget, 0.01, progress=False, nonlinearity="tanh")
+
+
+def test_hyperprior_model_bottleneck_size_reaches_every_stage(monkeypatch):
+    """Chapter 4's bottleneck study: ``M`` changes the factorized warm start and both stages,
+    and the budget's own ``M`` keeps the cache keys it always had."""
+    budget = get_budget("smoke").with_(steps=8, N=8, M=12, lmbdas=(0.01, 0.02, 0.04))
+    configs = []
+
+    def fake_train(config, init_from=None, progress=True, **run):
+        configs.append(config)
+        return models.create(config.model, **config.model_args), {}
+
+    monkeypatch.setattr(zoo, "train", fake_train)
+    monkeypatch.setattr(zoo, "fit_entropy_model", fake_train)
+    zoo.hyperprior_model(budget, 0.04, "mean-scale", progress=False)
+    default = [c.key() for c in configs]
+    configs.clear()
+    zoo.hyperprior_model(budget, 0.04, "mean-scale", progress=False, M=12)
+    assert [c.key() for c in configs] == default
+    configs.clear()
+    model, _ = zoo.hyperprior_model(budget, 0.04, "mean-scale", progress=False, M=20)
+    assert [(c.model, c.model_args["M"]) for c in configs] == [
+        ("factorized", 20), ("factorized", 20), ("mean-scale", 20), ("mean-scale", 20)]
+    assert not set(c.key() for c in configs) & set(default)
+    assert model.g_a[-1].out_channels == 20
