@@ -170,19 +170,22 @@ def relaxation_gap(model, images, model_name: str, seed: int = 0) -> dict:
     return {k: float(np.mean(v)) for k, v in values.items()}
 
 
-def channel_bits(model, images) -> torch.Tensor:
+def channel_bits(model, images, relaxed: bool = False, seed: int = 0) -> torch.Tensor:
     """Bits per element of each latent channel of ``ŷ`` on ``images`` (``(name, uint8
     H×W×3)`` pairs): ``−Σ log2 p(ŷ)`` over every position of every image, from the model's
     likelihoods in evaluation mode (rounded latents), divided by the positions; a tensor of
     ``M`` values. Minnen et al. 2018 report that a codec given more channels than it
     needs switches the extra ones off: their latents become a value the prior predicts with
-    probability close to 1, and they cost close to 0 bits. The model's mode is restored."""
+    probability close to 1, and they cost close to 0 bits. With ``relaxed`` the same bits as
+    training counts them, ``−Σ log2 p(ỹ)`` with ``ỹ = y + u`` (Ballé et al. 2017, sec. 2.2;
+    noise drawn from ``seed``). The model's mode is restored."""
     if not images:
         raise LictutorError("channel_bits needs at least one image")
     was_training, bits, positions = model.training, 0.0, 0
-    model.eval()
+    model.train(relaxed)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
             for _, img in images:
                 likelihoods = model(pad(to_tensor(img)[None], model.downsampling_factor).to(_device(model)))["likelihoods"]["y"]
                 bits = bits + (-torch.log2(likelihoods)).sum(dim=(0, 2, 3)).cpu()

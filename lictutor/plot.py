@@ -175,7 +175,7 @@ def rate_difference_figure(curves: Sequence[dict], anchor: dict, suptitle: str |
     """The rate of each curve against ``anchor``'s at equal quality, in percent, along the
     quality axis (:func:`lictutor.metrics.rate_difference`): one panel for PSNR, one for
     MS-SSIM, each curve over the range it shares with the anchor, labelled with its BD-rate
-    (the average of what is drawn), one legend below. Where RD curves lie within a line's
+    (the average of what is drawn) in a legend below its panel. Where RD curves lie within a line's
     width of each other, this shows their differences and where along the curve they arise.
     A pair that allows no BD-rate (quality not rising with rate, no overlap: an undertrained
     model) is left out of its panel and labelled "not comparable". Returns the figure."""
@@ -198,7 +198,10 @@ def rate_difference_figure(curves: Sequence[dict], anchor: dict, suptitle: str |
         ax.set_ylabel(f"rate against {anchor['name']} [%]")
         ax.set_title(f"{METRIC_LABELS.get(metric, metric).split(' [')[0]}: negative is fewer bits", fontsize=10)
         ax.grid(True, alpha=0.3)
-    _legend_below(fig, axes, suptitle)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
     return fig
 
 

@@ -227,5 +227,13 @@ def test_channel_bits_splits_the_rate_by_channel(model, photo):
     assert bits.sum().item() * lik[0, 0].numel() == pytest.approx(-torch.log2(lik).sum().item(), rel=1e-5)
     # the fixture gives channel spreads from 0.3 to 30: wider channels cost more bits
     assert bits[-1] > bits[0] + 3
+    relaxed = channel_bits(model, [("photo", img)], relaxed=True, seed=3)
+    torch.manual_seed(3)
+    model.train()
+    with torch.no_grad():
+        noisy = model(pad(data.to_tensor(img)[None], 16))["likelihoods"]["y"]
+    model.eval()
+    assert relaxed.sum().item() * lik[0, 0].numel() == pytest.approx(-torch.log2(noisy).sum().item(), rel=1e-5)
+    assert not torch.allclose(relaxed, bits) and torch.equal(relaxed, channel_bits(model, [("photo", img)], True, 3))
     with pytest.raises(LictutorError, match="at least one image"):
         channel_bits(model, [])

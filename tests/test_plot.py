@@ -143,10 +143,10 @@ def test_rate_difference_figure_draws_each_curve_over_its_shared_range():
     assert np.allclose(line.get_ydata(), -10.0) and np.allclose(points.get_ydata(), -10.0)
     quality = psnr_axis.get_lines()[2].get_xdata()  # 'shifted' covers 29–39 dB, the anchor 28–38 dB
     assert quality.min() == pytest.approx(29.0) and quality.max() == pytest.approx(38.0)
-    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    labels = [t.get_text() for t in psnr_axis.get_legend().get_texts()]
     assert labels[0] == "context (-10.0 % BD-rate)"
     assert fig._suptitle.get_text() == "against the factorized prior"
     flat = {"name": "undertrained", "results": {"bpp": [0.5, 0.5, 0.6, 0.6], "psnr-rgb": [9.5, 9.6, 9.6, 9.7],
                                                 "ms-ssim-rgb": [0.5, 0.6, 0.6, 0.7]}}
     fig = plot.rate_difference_figure([flat], anchor)
-    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["undertrained (not comparable)"]
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["undertrained (not comparable)"]
