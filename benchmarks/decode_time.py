@@ -1,7 +1,10 @@
 """Encode and decode time of the learned codecs on one image size, measured side by side.
 
-    python benchmarks/decode_time.py [--size 768x512] [--N 128] [--M 192] [--repeat 3]
-    python benchmarks/decode_time.py --N 64 --M 96   # the widths of the book's cpu budget
+    python benchmarks/decode_time.py [--size 768x512] [--widths 64x96,128x192] [--repeat 3]
+    python benchmarks/decode_time.py --widths 64x96   # the book's cpu budget only
+
+``--widths`` lists N×M pairs, measured in the same run: by default the book's cpu budget
+(N=64, M=96) and the paper-scale width of CompressAI's low-rate models (N=128, M=192).
 
 Every model codes the same image to a real ``.lic`` file and decodes it (``lictutor.evaluate``);
 the table gives the median wall time of ``--repeat`` runs, how many times faster each model
@@ -25,30 +28,29 @@ from lictutor.profile import median_time
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", default="768x512", help="WIDTHxHEIGHT (default 768x512)")
-    parser.add_argument("--N", type=int, default=128)
-    parser.add_argument("--M", type=int, default=192)
+    parser.add_argument("--widths", default="64x96,128x192", help="N×M pairs, comma-separated")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--models", default="factorized,hyperprior,mean-scale,context,checkerboard,fast")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
+    widths = [tuple(int(v) for v in pair.lower().split("x")) for pair in args.widths.split(",")]
     img = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    torch.manual_seed(0)
 
-    print(f"{width}×{height} image, N={args.N}, M={args.M}, {torch.get_num_threads()} threads, "
-          f"median of {args.repeat} runs")
-    rows = {}
-    for name in args.models.split(","):
-        model = models.create(name, N=args.N, M=args.M).eval()
-        data = evaluate.compress_image(model, img, name)  # builds the tables, outside the timing
-        encode = median_time(lambda: evaluate.compress_image(model, img, name), args.repeat)
-        decode = median_time(lambda: evaluate.decompress_image(model, data, name), args.repeat)
-        rows[name] = (encode, decode)
-    print(f"{'model':<12}{'encode [s]':>12}{'decode [s]':>12}{'context / model':>17}{'model / hyperprior':>20}")
-    for name, (encode, decode) in rows.items():
-        faster = f"{rows['context'][1] / decode:>16.1f}×" if "context" in rows else " " * 17
-        slower = f"{decode / rows['hyperprior'][1]:>19.1f}×" if "hyperprior" in rows else ""
-        print(f"{name:<12}{encode:>12.3f}{decode:>12.3f}{faster}{slower}")
-
+    print(f"{width}×{height} image, {torch.get_num_threads()} threads, median of {args.repeat} runs")
+    print(f"{'N×M':<9}{'model':<14}{'encode [s]':>11}{'decode [s]':>12}{'context / model':>17}{'model / hyperprior':>20}")
+    for N, M in widths:
+        torch.manual_seed(0)
+        rows = {}
+        for name in args.models.split(","):
+            model = models.create(name, N=N, M=M).eval()
+            data = evaluate.compress_image(model, img, name)  # builds the tables, outside the timing
+            encode = median_time(lambda: evaluate.compress_image(model, img, name), args.repeat)
+            decode = median_time(lambda: evaluate.decompress_image(model, data, name), args.repeat)
+            rows[name] = (encode, decode)
+        for name, (encode, decode) in rows.items():
+            faster = f"{rows['context'][1] / decode:>16.1f}×" if "context" in rows else " " * 17
+            slower = f"{decode / rows['hyperprior'][1]:>19.1f}×" if "hyperprior" in rows else ""
+            print(f"{f'{N}×{M}':<9}{name:<14}{encode:>11.3f}{decode:>12.3f}{faster}{slower}")
 
 if __name__ == "__main__":
     main()

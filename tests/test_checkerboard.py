@@ -354,7 +354,10 @@ def test_fast_skips_zero_channels_exactly(name, photo):
     assert skipped["strings"][2] == full["strings"][2]  # same z
     mask = np.unpackbits(np.frombuffer(skipped["strings"][3][0], dtype=np.uint8))[:M]
     assert np.flatnonzero(mask == 0).tolist() == zero
-    assert full["strings"][3] == [b"\xff\xff\xff"]
+    assert torch.nonzero(~net.coded_channels(skipped["strings"])).flatten().tolist() == zero
+    assert full["strings"][3] == [b"\xff\xff\xff"] and bool(net.coded_channels(full["strings"]).all())
+    with pytest.raises(LictutorError, match="no channel mask for image 1"):
+        net.coded_channels(skipped["strings"], index=1)
     coded = lambda c: len(c["strings"][0][0]) + len(c["strings"][1][0])  # noqa: E731
     assert coded(skipped) <= coded(full)
     x_skip, y_skip = _decoded_y_hat(net, skipped["strings"], skipped["shape"])

@@ -233,6 +233,14 @@ class FastLIC(CheckerboardCodec):
         masks = [_pack_mask(m) for m in out["active"]]
         return {"strings": [*out["strings"], masks], "shape": out["shape"]}
 
+    def coded_channels(self, strings: List[List[bytes]], index: int = 0) -> Tensor:
+        """Which of the M channels of image ``index`` :meth:`compress` coded (a bool tensor),
+        read from the channel mask in ``strings``; the others were all zero and skipped. A
+        damaged mask raises :class:`LictutorError`."""
+        if len(strings) != 4 or not 0 <= index < len(strings[3]):
+            raise LictutorError(f"FastLIC strings hold no channel mask for image {index}")
+        return _unpack_mask(strings[3][index], self.M, "cpu")
+
     @torch.no_grad()
     def decompress(self, strings: List[List[bytes]], shape: Sequence[int]) -> Dict[str, Tensor]:
         """Inverse of :meth:`compress`; ``x_hat`` clamped to [0, 1]. A damaged string or
