@@ -215,16 +215,24 @@ def test_fit_entropy_model_also_freezes_what_config_frozen_names():
                               init, progress=False)
 
 
-def test_factorized_model_nonlinearity_changes_only_the_architecture(monkeypatch):
-    """Chapter 1's controls: the same recipe with GDN replaced; GDN's cache keys do not move."""
-    budget = get_budget("smoke").with_(steps=4, N=8, M=12, lmbdas=(0.01, 0.02, 0.04))
+def _record_training(monkeypatch, *functions):
+    """Replace the zoo's training ``functions`` by one that records each config and returns
+    an untrained model of it; the list of configs, in call order."""
     configs = []
 
     def fake_train(config, init_from=None, progress=True, **run):
         configs.append(config)
         return models.create(config.model, **config.model_args), {}
 
-    monkeypatch.setattr(zoo, "train", fake_train)
+    for name in functions:
+        monkeypatch.setattr(zoo, name, fake_train)
+    return configs
+
+
+def test_factorized_model_nonlinearity_changes_only_the_architecture(monkeypatch):
+    """Chapter 1's controls: the same recipe with GDN replaced; GDN's cache keys do not move."""
+    budget = get_budget("smoke").with_(steps=4, N=8, M=12, lmbdas=(0.01, 0.02, 0.04))
+    configs = _record_training(monkeypatch, "train")
     gdn = [c.key() for c in (zoo.factorized_model(budget, 0.01, progress=False), configs)[1]]
     configs.clear()
     assert [c.key() for c in (zoo.factorized_model(budget, 0.01, progress=False, nonlinearity="gdn"), configs)[1]] == gdn
@@ -246,14 +254,7 @@ def test_hyperprior_model_bottleneck_size_reaches_every_stage(monkeypatch):
     """Chapter 4's bottleneck study: ``M`` changes the factorized warm start and both stages,
     and the budget's own ``M`` keeps the cache keys it always had."""
     budget = get_budget("smoke").with_(steps=8, N=8, M=12, lmbdas=(0.01, 0.02, 0.04))
-    configs = []
-
-    def fake_train(config, init_from=None, progress=True, **run):
-        configs.append(config)
-        return models.create(config.model, **config.model_args), {}
-
-    monkeypatch.setattr(zoo, "train", fake_train)
-    monkeypatch.setattr(zoo, "fit_entropy_model", fake_train)
+    configs = _record_training(monkeypatch, "train", "fit_entropy_model")
     zoo.hyperprior_model(budget, 0.04, "mean-scale", progress=False)
     default = [c.key() for c in configs]
     configs.clear()
