@@ -81,3 +81,38 @@ def test_refuses_to_write_nonsense():
     with pytest.raises(LictutorError):
         pack(Payload("m", CFG, (0, 10), (1,), [[b""]]))
     assert pack(_payload()).startswith(MAGIC)
+
+
+def _with_weights():
+    p = _payload()
+    p.sections = {"WGTS": bytes(range(256)) * 3, "NOTE": b"subset 1"}
+    return p
+
+
+def test_sections_round_trip_and_leave_plain_files_as_they_were():
+    assert pack(_payload())[4] == 1  # no sections: version 1, byte for byte as before
+    p = _with_weights()
+    data = pack(p)
+    assert data[4] == 2 and unpack(data, model="factorized", config=CFG) == p
+    assert list(unpack(data).sections) == ["WGTS", "NOTE"]  # file order kept
+    assert overhead(p) == overhead(_payload()) + 1 + 2 * (4 + 4)  # count, then tag and length each
+    assert len(data) == len(pack(_payload())) + 1 + 2 * 8 + 768 + 8
+
+
+def test_damaged_sections_are_rejected():
+    good = pack(_with_weights())
+    rng = random.Random(1)
+    for _ in range(300):
+        data = bytearray(good)
+        data[rng.randrange(len(good) - 800, len(good))] ^= 1 << rng.randrange(8)  # in or near the sections
+        with pytest.raises(LictutorError):
+            unpack(bytes(data))
+    body = good[:-4]
+    twice = body[:-(8 + 8)] + b"WGTS" + body[-(8 + 8) + 4:]  # the second tag renamed to the first
+    with pytest.raises(LictutorError, match="section 'WGTS' twice"):
+        unpack(twice + struct.pack(">I", zlib.crc32(twice)))
+    for tag in ("WGT", "WGTSX", "wé!s", 7):
+        p = _payload()
+        p.sections = {tag: b"x"}
+        with pytest.raises(LictutorError, match="section tag"):
+            pack(p)
