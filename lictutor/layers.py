@@ -1,5 +1,6 @@
 """Building blocks of the transforms: GDN / IGDN, the conv / deconv helpers, the masked
-convolutions of the context models and the deformable residual block of chapter 7.
+convolutions of the context models, the deformable residual block of chapter 7 and the
+degradation-aware block of chapter 6.
 
 Written from scratch in plain PyTorch, but with CompressAI's module, parameter and
 buffer names, so that a CompressAI ``GDN`` state dict loads into ours and back::
@@ -31,6 +32,7 @@ __all__ = [
     "MaskedConv2d",
     "CheckerboardMaskedConv2d",
     "DeformableResidualBlock",
+    "DegradationAwareBlock",
 ]
 
 
@@ -297,3 +299,53 @@ class DeformableResidualBlock(nn.Module):
         h = self.leaky_relu(self.conv1(x))
         out = self.leaky_relu(self.conv2(h, self.offset(h)))
         return out + x
+
+
+class DegradationAwareBlock(nn.Module):
+    r"""A residual block modulated by a small conditioning vector ``c``: the degradation-aware
+    (DA) block of Wang et al. (2021), "Unsupervised Degradation Representation Learning for
+    Blind Super-Resolution" (DASR), which Helminger et al. (2021), "Microdosing", build their
+    small decoder from (chapter 6). ``c`` says what the block should do for this content, so one
+    set of weights serves several subsets, and a subset's own ``c`` costs a few numbers::
+
+        k = kernel(c)                      a 3x3 kernel per channel
+        a = sigmoid(attention(c))          a scale per channel
+        h = x + conv1x1(depthwise(x, k)) + a * x      the DA convolution
+        out = x + conv2(LeakyReLU(conv1(LeakyReLU(h))))
+
+    ``kernel`` and ``attention`` are two-layer perceptrons on ``c``. The last convolution
+    starts at zero, so a new block is the identity and a decoder can grow one without changing
+    what it decodes (as chapter 7's DRM starts).
+
+    Args:
+        channels: input and output channels.
+        condition: length of ``c``.
+    """
+
+    def __init__(self, channels: int, condition: int):
+        super().__init__()
+        if channels < 1 or condition < 1:
+            raise LictutorError("a degradation-aware block needs positive channels and condition length")
+        self.channels = int(channels)
+        self.kernel = nn.Sequential(nn.Linear(condition, channels), nn.LeakyReLU(0.1), nn.Linear(channels, channels * 9))
+        self.attention = nn.Sequential(nn.Linear(condition, channels), nn.LeakyReLU(0.1), nn.Linear(channels, channels))
+        self.pointwise = nn.Conv2d(channels, channels, 1)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.leaky_relu = nn.LeakyReLU(0.1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        """``x``: (B, channels, H, W); ``c``: (B, condition), or (condition,) for the whole batch."""
+        B, C, H, W = x.shape
+        if C != self.channels:
+            raise LictutorError(f"the block has {self.channels} channels; the input has {C}")
+        c = c.expand(B, -1) if c.dim() == 1 else c
+        if c.size(0) != B:
+            raise LictutorError(f"{c.size(0)} conditioning vectors for a batch of {B}")
+        kernels = self.kernel(c).reshape(B * C, 1, 3, 3)  # one depthwise kernel per image and channel
+        depthwise = F.conv2d(x.reshape(1, B * C, H, W), kernels, padding=1, groups=B * C).reshape(B, C, H, W)
+        scale = torch.sigmoid(self.attention(c))[:, :, None, None]
+        h = x + self.pointwise(depthwise) + scale * x
+        return x + self.conv2(self.leaky_relu(self.conv1(self.leaky_relu(h))))

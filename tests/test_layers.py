@@ -4,7 +4,8 @@ import compressai.layers as compressai_layers
 import pytest
 import torch
 
-from lictutor.layers import GDN, LowerBound, conv, deconv
+from lictutor.errors import LictutorError
+from lictutor.layers import GDN, DegradationAwareBlock, LowerBound, conv, deconv
 
 
 def _randomized_pair(C, inverse, seed=0):
@@ -95,3 +96,24 @@ def test_conv_deconv_shapes_and_padding():
     assert d(c(x)).shape == x.shape
     c9, d9 = conv(3, 4, kernel_size=9, stride=4), deconv(4, 3, kernel_size=9, stride=4)
     assert d9(c9(x)).shape == x.shape
+
+
+def test_degradation_aware_block_starts_as_the_identity_and_follows_its_condition():
+    torch.manual_seed(0)
+    block = DegradationAwareBlock(6, condition=4)
+    x, c = torch.randn(2, 6, 8, 8), torch.randn(4)
+    torch.testing.assert_close(block(x, c), x)  # conv2 starts at zero
+    torch.nn.init.normal_(block.conv2.weight, std=0.1)
+    a, b = torch.randn(4), torch.randn(4)
+    out = block(x, torch.stack((a, b)))
+    assert out.shape == x.shape
+    torch.testing.assert_close(out[0], block(x[:1], a)[0])  # each image gets its own vector
+    torch.testing.assert_close(out[1], block(x[1:], b)[0])
+    assert not torch.allclose(out[0], block(x[:1], b)[0])  # the vector changes what the block does
+    c = torch.randn(4, requires_grad=True)
+    block(x, c).square().sum().backward()
+    assert c.grad.abs().sum() > 0  # a subset's vector can be fitted on the encoder side
+    with pytest.raises(LictutorError, match="has 6 channels"):
+        block(torch.randn(1, 5, 8, 8), a)
+    with pytest.raises(LictutorError, match="3 conditioning vectors for a batch of 2"):
+        block(x, torch.randn(3, 4))
