@@ -17,6 +17,7 @@ from lictutor import LictutorError, bitstream, data, models
 from lictutor.entropy import GaussianConditional, GaussianMixtureConditional, get_scale_table
 from lictutor.evaluate import compress_image, decompress_image
 from lictutor.layers import CheckerboardMaskedConv2d, DeformableResidualBlock
+from lictutor.checkpoint import load_weights
 from lictutor.losses import l1_sparsity
 from lictutor.models import CheckerboardContext, FastLIC
 from lictutor.models.checkerboard import checkerboard_merge, checkerboard_split
@@ -181,6 +182,30 @@ def test_registered_and_sized():
         assert (net.M, net.components) == (M, k)
     with pytest.raises(LictutorError, match="components"):
         FastLIC(N, M, components=0)
+
+
+def test_fast_student_with_a_narrower_decoder(photo):
+    """Fu et al.'s smaller student decoder: g_s narrower, the encoder and entropy model the
+    teacher's, whose weights (all but g_s's) load into it; it codes and decodes."""
+    teacher = _model("fast", seed=2)
+    student = models.create("fast", N=N, M=M, decoder_N=8)
+    assert student.g_s[0].out_channels == 8 and student.g_a[0].out_channels == N
+    g_s_params = lambda m: sum(p.numel() for p in m.g_s.parameters())  # noqa: E731
+    assert g_s_params(student) < g_s_params(teacher) / 2.5  # half the width: about a third of the weights
+    rebuilt = FastLIC.from_state_dict(student.state_dict())
+    assert rebuilt.g_s[0].out_channels == 8 and FastLIC.from_state_dict(teacher.state_dict()).g_s[0].out_channels == N
+    kept = {k: v for k, v in teacher.state_dict().items() if not k.startswith("g_s.")}
+    load_weights(student, kept, "the teacher", partial=True)
+    torch.testing.assert_close(student.g_a[0].weight, teacher.g_a[0].weight)
+    with pytest.raises(LictutorError, match="do not fit"):
+        load_weights(student, teacher.state_dict(), "the teacher", partial=True)
+    student.eval()
+    x = _tensor(photo)
+    out = student.compress(x)
+    x_hat = student.decompress(out["strings"], out["shape"])["x_hat"]
+    assert x_hat.shape == x.shape
+    with pytest.raises(LictutorError, match="decoder_N must be a whole number"):
+        models.create("fast", N=N, M=M, decoder_N=0)
 
 
 def test_context_model_weights_load_into_checkerboard():

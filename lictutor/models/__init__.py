@@ -39,12 +39,15 @@ MODELS = {
 def create(name: str, **kwargs) -> CompressionModel:
     """A new, randomly initialized model: ``create("factorized", N=128, M=192)``.
 
-    Whole-number arguments (``N``, ``M``, ``components``) must lie in 1 … :data:`MAX_CHANNELS`.
+    Whole-number arguments (``N``, ``M``, ``components``, ``decoder_N``) must lie in 1 …
+    :data:`MAX_CHANNELS`.
     """
     if name not in MODELS:
         raise LictutorError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
-    for arg in ("N", "M", "components"):
+    for arg in ("N", "M", "components", "decoder_N"):
         value = kwargs.get(arg, 1)
+        if arg == "decoder_N" and value is None:
+            continue
         if isinstance(value, bool) or not isinstance(value, Integral) or not 1 <= value <= MAX_CHANNELS:
             raise LictutorError(f"bad arguments for model {name!r}: {arg} must be a whole number "
                                 f"from 1 to {MAX_CHANNELS}, got {value!r:.40}")

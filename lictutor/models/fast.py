@@ -115,16 +115,21 @@ class FastLIC(CheckerboardCodec):
         removed: blocks replaced by ``nn.Identity``, e.g. ``("g_s.2",)``: a decoder pruned
             by :mod:`lictutor.prune` (step 3 of Fu et al.'s distillation), built by name
             from its ``model_args``. The kept weights keep their names and initialization.
+        decoder_N: channels of ``g_s``'s hidden layers (default ``N``): a narrower synthesis,
+            the smaller decoder a student of Fu et al.'s distillation may have while it keeps
+            the teacher's encoder and entropy model (whose weights then load into it, all but
+            ``g_s``'s).
     """
 
-    def __init__(self, N: int = 192, M: int = 192, components: int = 3, removed: Sequence[str] = ()):
+    def __init__(self, N: int = 192, M: int = 192, components: int = 3, removed: Sequence[str] = (),
+                 decoder_N: int | None = None):
         super().__init__()
         if int(components) < 1:
             raise LictutorError(f"components must be at least 1, got {components}")
         self._hyper(N, M)
         self.components = int(components)
         self.g_a = fast_analysis_transform(N, M)
-        self.g_s = fast_synthesis_transform(N, M)
+        self.g_s = fast_synthesis_transform(N if decoder_N is None else int(decoder_N), M)
         self.entropy_parameters_anchor = pointwise_network(M * 2, M * 2, M * 2, M * 2)  # psi -> (scales, means)
         outputs = M * 2 if self.components == 1 else M * 3 * self.components
         self.entropy_parameters_nonanchor = entropy_parameters(M, outputs)
@@ -137,14 +142,16 @@ class FastLIC(CheckerboardCodec):
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, Tensor]) -> "FastLIC":
         """A model sized after ``state_dict`` (N and M from ``g_a.0`` and ``g_a.7``, the
-        components from the non-anchor network's output, the removed blocks of ``g_s`` from
-        the absent ones), loaded."""
+        decoder's width from ``g_s.0``, the components from the non-anchor network's output,
+        the removed blocks of ``g_s`` from the absent ones), loaded."""
         try:
             N, M = state_dict["g_a.0.weight"].size(0), state_dict["g_a.7.weight"].size(0)
+            decoder_N = state_dict["g_s.0.weight"].size(1)  # ConvTranspose2d: (in, out, k, k)
             outputs = state_dict["entropy_parameters_nonanchor.4.weight"].size(0)
         except KeyError as err:
             raise LictutorError(f"FastLIC.from_state_dict: no {err} in the state dict") from None
-        net = cls(N, M, components=1 if outputs == 2 * M else outputs // (3 * M))
+        net = cls(N, M, components=1 if outputs == 2 * M else outputs // (3 * M),
+                  decoder_N=None if decoder_N == N else decoder_N)
         gone = [b for b in removable_blocks(net) if not any(k.startswith(b + ".") for k in state_dict)]
         if gone:  # a pruned model's (see the argument removed)
             remove_blocks_(net, gone)
