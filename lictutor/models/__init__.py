@@ -12,12 +12,13 @@ from lictutor.models.checkerboard import CheckerboardContext
 from lictutor.models.factorized import FactorizedPrior, FactorizedPrior2017
 from lictutor.models.context import JointAutoregressiveHierarchicalPriors
 from lictutor.models.fast import FastLIC
+from lictutor.models.generative import GenerativeHyperprior, MicrodosingStudent
 from lictutor.models.hyperprior import MeanScaleHyperprior, ScaleHyperprior
 
 __all__ = [
     "CompressionModel", "FactorizedPrior", "FactorizedPrior2017", "ScaleHyperprior",
     "MeanScaleHyperprior", "JointAutoregressiveHierarchicalPriors", "CheckerboardContext",
-    "FastLIC", "MODELS", "MAX_CHANNELS", "create",
+    "FastLIC", "GenerativeHyperprior", "MicrodosingStudent", "MODELS", "MAX_CHANNELS", "create",
 ]
 
 #: the most channels ``N`` or ``M`` (or mixture components) :func:`create` builds: 1024 is five
@@ -33,20 +34,22 @@ MODELS = {
     "context": JointAutoregressiveHierarchicalPriors,  # Minnen et al. 2018 (CompressAI "mbt2018")
     "checkerboard": CheckerboardContext,  # He et al. 2021
     "fast": FastLIC,  # after Fu et al. 2023 (improved checkerboard, DRM, channel skipping)
+    "generative": GenerativeHyperprior,  # HiFiC-style teacher (Mentzer et al. 2020), chapter 6
+    "microdosing": MicrodosingStudent,  # Helminger et al. 2021's small student decoder, chapter 6
 }
 
 
 def create(name: str, **kwargs) -> CompressionModel:
     """A new, randomly initialized model: ``create("factorized", N=128, M=192)``.
 
-    Whole-number arguments (``N``, ``M``, ``components``, ``decoder_N``) must lie in 1 …
-    :data:`MAX_CHANNELS`.
+    Whole-number arguments (``N``, ``M``, ``components``, ``decoder_N``, ``blocks``, ``width``,
+    ``condition``) must lie in 1 … :data:`MAX_CHANNELS`.
     """
     if name not in MODELS:
         raise LictutorError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
-    for arg in ("N", "M", "components", "decoder_N"):
+    for arg in ("N", "M", "components", "decoder_N", "blocks", "width", "condition"):
         value = kwargs.get(arg, 1)
-        if arg == "decoder_N" and value is None:
+        if value is None and arg in ("decoder_N", "width"):  # their defaults follow N
             continue
         if isinstance(value, bool) or not isinstance(value, Integral) or not 1 <= value <= MAX_CHANNELS:
             raise LictutorError(f"bad arguments for model {name!r}: {arg} must be a whole number "
