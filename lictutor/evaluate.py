@@ -71,7 +71,8 @@ def compress_image(model, img: np.ndarray, model_name: str, progress: bool = Fal
             f"expected {latent_shape(height, width, stride)} (is its downsampling_factor right?)"
         )
     strings = [[bytes(s) for s in group] for group in out["strings"]]
-    return bitstream.pack(bitstream.Payload(model_name, config, (height, width), shape, strings))
+    sections = {tag: bytes(data) for tag, data in out.get("sections", {}).items()}  # e.g. sent weights
+    return bitstream.pack(bitstream.Payload(model_name, config, (height, width), shape, strings, sections))
 
 
 def decompress_image(model, data: bytes, model_name: str, progress: bool = False) -> np.ndarray:
@@ -92,9 +93,14 @@ def decompress_image(model, data: bytes, model_name: str, progress: bool = False
         )
     if any(len(group) != 1 for group in payload.strings):
         raise LictutorError("corrupted .lic file: expected one string per latent")
+    extra = _progress(model.decompress, progress)
+    if payload.sections:
+        if "sections" not in inspect.signature(model.decompress).parameters:
+            raise LictutorError(f"this file carries sections ({', '.join(payload.sections)}) that {model_name} cannot read")
+        extra["sections"] = payload.sections
     try:
         with torch.no_grad():
-            x_hat = model.decompress(payload.strings, payload.shape, **_progress(model.decompress, progress))["x_hat"]
+            x_hat = model.decompress(payload.strings, payload.shape, **extra)["x_hat"]
     except Exception as err:  # whatever the model's code raises on data it cannot decode
         detail = str(err) if isinstance(err, LictutorError) else f"{type(err).__name__}: {err}"
         raise LictutorError(f"corrupted .lic file: {detail}") from None
@@ -211,9 +217,11 @@ def _progress(method, progress: bool) -> dict:
 
 
 def _prepare(model, model_name: str) -> bytes:
-    """Rebuild stale CDF tables, then hash the decoder's configuration and weights."""
+    """Rebuild stale CDF tables, then hash the decoder's configuration and weights (but those
+    each file carries itself, a model's ``sent_weights()``: chapter 6's specialized part)."""
     update_stale_tables(model)
-    decoder = {k: v for k, v in model.state_dict().items() if not k.startswith(_ENCODER_ONLY)}
+    sent = set(model.sent_weights()) if hasattr(model, "sent_weights") else set()
+    decoder = {k: v for k, v in model.state_dict().items() if not k.startswith(_ENCODER_ONLY) and k not in sent}
     return bitstream.config_hash({"model": model_name, "decoder": weights_digest(decoder)})
 
 

@@ -56,3 +56,31 @@ def test_bad_sizes_are_refused():
         models.create("microdosing", N=N, M=M, condition=2.5)
     with pytest.raises(LictutorError, match="no 'g_s.texture.head.weight'"):
         GenerativeHyperprior.from_state_dict(_chapter4().state_dict())
+
+
+def test_a_specialized_students_files_carry_its_condition_to_a_general_decoder():
+    from lictutor.evaluate import compress_image, decompress_image
+    from lictutor.weight_coding import quantize_weights
+
+    torch.manual_seed(3)
+    general = models.create("microdosing", N=N, M=M, width=8, condition=4).eval()
+    for name, p in general.g_s.texture.named_parameters():
+        if name != "condition":
+            torch.nn.init.normal_(p, std=0.1)
+    specialized = MicrodosingStudent.from_state_dict(general.state_dict()).eval()
+    with torch.no_grad():
+        specialized.g_s.texture.condition.copy_(torch.tensor([0.9, -0.4, 0.3, 0.25]))  # fitted to a subset
+    img = (torch.rand(64, 64, 3) * 255).to(torch.uint8).numpy()
+    data = compress_image(specialized, img, "microdosing")
+    own = general.g_s.texture.condition.detach().clone()
+    decoded = decompress_image(general, data, "microdosing")  # the general decoder, the subset's condition
+    assert torch.equal(general.g_s.texture.condition, own)  # its own weights restored
+    with torch.no_grad():
+        specialized.g_s.texture.condition.copy_(quantize_weights(specialized.sent_weights(), 1 / 64)["g_s.texture.condition"])
+    assert (decoded == decompress_image(specialized, compress_image(specialized, img, "microdosing"), "microdosing")).all()
+    assert not (decoded == decompress_image(general, compress_image(general, img, "microdosing"), "microdosing")).all()
+    silent = models.create("microdosing", N=N, M=M, width=8, condition=4, send=())
+    silent.load_state_dict(general.state_dict())
+    assert len(compress_image(silent.eval(), img, "microdosing")) < len(data)  # no section: fewer bytes
+    with pytest.raises(LictutorError, match="cannot send g_s.nothing"):
+        models.create("microdosing", N=N, M=M, send=("g_s.nothing",))

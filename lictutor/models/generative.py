@@ -20,7 +20,7 @@ adversarial part of their training is in :mod:`lictutor.adversarial`.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Mapping
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -30,6 +30,7 @@ from lictutor.errors import LictutorError
 from lictutor.layers import DegradationAwareBlock, conv
 from lictutor.models.base import synthesis_transform
 from lictutor.models.hyperprior import MeanScaleHyperprior
+from lictutor.weight_coding import SECTION_TAG, decode_weights, encode_weights
 
 __all__ = ["ResidualStack", "ConditionedStack", "GenerativeHyperprior", "MicrodosingStudent"]
 
@@ -136,19 +137,68 @@ class MicrodosingStudent(MeanScaleHyperprior):
     :class:`GenerativeHyperprior`; its ``g_s.texture.condition`` (and optionally the small stack's
     other weights) is what a subset of content is specialized in and sends.
 
+    **Sending the specialized part.** :meth:`compress` quantizes the ``g_s`` parameters named
+    in ``send`` (by default the conditioning vector) with ``weight_step`` and puts them in the
+    file's weight section (:mod:`lictutor.weight_coding`); :meth:`decompress` decodes with the
+    weights it finds there, not its own. So a decoder that has the general student decodes the
+    files of a student specialized to a subset, and the file's size counts what was sent (a
+    subset's images could share one section; the chapter amortizes it). The sent weights are
+    left out of the configuration hash that files are checked against
+    (:func:`lictutor.evaluate.compress_image`).
+
     Args:
         N, M: as the teacher's.
         blocks: degradation-aware blocks (default 1).
         width: channels of the stack (default ``N // 2``).
         condition: length of the conditioning vector (default 8).
+        send: names of the ``g_s`` parameters each file carries (default: the conditioning vector).
+        weight_step: the quantization step of the sent weights.
     """
 
-    def __init__(self, N: int = 128, M: int = 192, blocks: int = 1, width: int | None = None, condition: int = 8):
+    def __init__(self, N: int = 128, M: int = 192, blocks: int = 1, width: int | None = None, condition: int = 8,
+                 send: Sequence[str] = ("g_s.texture.condition",), weight_step: float = 1 / 64):
         super().__init__(N, M)
         if int(blocks) < 1 or int(condition) < 1:
             raise LictutorError("the student's stack needs at least one block and a condition of length 1 or more")
         stack = ConditionedStack(M, width or max(N // 2, 1), int(blocks), int(condition))
         self.g_s = _synthesis_with(stack, N, M)
+        params = dict(self.named_parameters())
+        unknown = [n for n in send if n not in params or not n.startswith("g_s.")]
+        if unknown:
+            raise LictutorError(f"cannot send {', '.join(map(str, unknown))}: not a parameter of the decoder")
+        self.send, self.weight_step = tuple(send), float(weight_step)
+        encode_weights({}, self.weight_step)  # checks the step
+
+    def sent_weights(self) -> Dict[str, Tensor]:
+        """The parameters named in ``send``, in that order."""
+        params = dict(self.named_parameters())
+        return {n: params[n] for n in self.send}
+
+    @torch.no_grad()
+    def compress(self, x: Tensor) -> Dict[str, object]:
+        """As the mean-scale hyperprior's, with the weights named in ``send`` in ``"sections"``."""
+        out = super().compress(x)
+        if self.send:
+            out["sections"] = {SECTION_TAG: encode_weights(self.sent_weights(), self.weight_step)}
+        return out
+
+    @torch.no_grad()
+    def decompress(self, strings: List[List[bytes]], shape: Sequence[int],
+                   sections: Optional[Mapping[str, bytes]] = None) -> Dict[str, Tensor]:
+        """As the mean-scale hyperprior's; with a weight section in ``sections``, decoded with
+        the weights it holds (the model's own are restored afterwards)."""
+        if not sections or SECTION_TAG not in sections:
+            return super().decompress(strings, shape)
+        params, like = dict(self.named_parameters()), self.sent_weights()
+        sent = decode_weights(sections[SECTION_TAG], like)
+        own = {n: p.detach().clone() for n, p in like.items()}
+        try:
+            for n, value in sent.items():
+                params[n].copy_(value)
+            return super().decompress(strings, shape)
+        finally:
+            for n, value in own.items():
+                params[n].copy_(value)
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, Tensor]) -> "MicrodosingStudent":
