@@ -31,7 +31,7 @@ from torch import Tensor
 from lictutor.entropy import coder
 from lictutor.errors import LictutorError
 
-__all__ = ["quantize_weights", "encode_weights", "decode_weights"]
+__all__ = ["quantize_weights", "encode_weights", "decode_weights", "stored_step"]
 
 SECTION_TAG = "WGTS"  #: the ``.lic`` section (:class:`lictutor.bitstream.Payload`) that holds them
 _PRECISION = 16
@@ -40,13 +40,13 @@ _PRECISION = 16
 def quantize_weights(tensors: Mapping[str, Tensor], step: float) -> Dict[str, Tensor]:
     """``Δ · round(w / Δ)`` of every tensor: the weights the decoder will have (``Δ`` as the
     section stores it, in single precision)."""
-    step = _step(step)
+    step = stored_step(step)
     return {name: (torch.round(w.detach().double() / step) * step).to(w) for name, w in tensors.items()}
 
 
 def encode_weights(tensors: Mapping[str, Tensor], step: float) -> bytes:
     """The section bytes for ``tensors`` (in their order) quantized with ``step``."""
-    step = _step(step)
+    step = stored_step(step)
     if len(tensors) >= 2**16:
         raise LictutorError("cannot code more than 65,535 weight tensors in one section")
     out = bytearray(struct.pack(">fH", step, len(tensors)))
@@ -109,7 +109,7 @@ def _tables(scale: float, radius: int) -> coder.Tables:
     return [row], [len(row)], [-radius]
 
 
-def _step(step) -> float:
+def stored_step(step) -> float:
     """``step`` as a section stores it (single precision); not a positive finite number:
     :class:`LictutorError`."""
     if isinstance(step, bool) or not isinstance(step, (int, float)) or not (0 < step < 1e38 and _f32(step) > 0):

@@ -30,7 +30,7 @@ from lictutor.errors import LictutorError
 from lictutor.layers import DegradationAwareBlock, conv
 from lictutor.models.base import synthesis_transform
 from lictutor.models.hyperprior import MeanScaleHyperprior
-from lictutor.weight_coding import SECTION_TAG, decode_weights, encode_weights
+from lictutor.weight_coding import SECTION_TAG, decode_weights, encode_weights, stored_step
 
 __all__ = ["ResidualStack", "ConditionedStack", "GenerativeHyperprior", "MicrodosingStudent"]
 
@@ -166,8 +166,7 @@ class MicrodosingStudent(MeanScaleHyperprior):
         unknown = [n for n in send if n not in params or not n.startswith("g_s.")]
         if unknown:
             raise LictutorError(f"cannot send {', '.join(map(str, unknown))}: not a parameter of the decoder")
-        self.send, self.weight_step = tuple(send), float(weight_step)
-        encode_weights({}, self.weight_step)  # checks the step
+        self.send, self.weight_step = tuple(send), stored_step(weight_step)
 
     def sent_weights(self) -> Dict[str, Tensor]:
         """The parameters named in ``send``, in that order."""
