@@ -15,12 +15,14 @@ constant and steadies training. With ``D`` the logits and ``σ`` the sigmoid, th
     \qquad
     \mathcal L_G = -\mathbb E\,[\log \sigma(D(\hat x, \hat y))],
 
-the generator's being the non-saturating form (Goodfellow et al. 2014).
+the generator's being the non-saturating form (Goodfellow et al. 2014). HiFiC trains the codec
+on :func:`hific_losses`' generator loss, ``bpp + λ·(255²·MSE + k_P·P) + β·L_G`` with ``P`` a
+perceptual distance (HiFiC: LPIPS), and the discriminator on its own loss, in alternate steps.
 """
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -29,8 +31,9 @@ from torch import Tensor
 from torch.nn.utils.parametrizations import spectral_norm
 
 from lictutor.errors import LictutorError
+from lictutor.losses import RateDistortionLoss
 
-__all__ = ["LatentConditionedDiscriminator", "gan_losses"]
+__all__ = ["LatentConditionedDiscriminator", "gan_losses", "hific_losses"]
 
 
 class LatentConditionedDiscriminator(nn.Module):
@@ -77,3 +80,32 @@ def gan_losses(real_logits: Tensor, fake_logits: Tensor) -> Tuple[Tensor, Tensor
     d_loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
     g_loss = F.softplus(-fake_logits).mean()
     return d_loss, g_loss
+
+
+def hific_losses(out: Dict[str, Tensor], x: Tensor, discriminator: nn.Module, lmbda: float, beta: float = 0.15,
+                 perceptual: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+                 perceptual_weight: float = 1.0) -> Dict[str, Tensor]:
+    """HiFiC's losses for a codec's output ``out`` (``x_hat``, ``y_hat``, ``likelihoods``) on
+    the batch ``x``:
+
+    * ``"g_loss"``: ``bpp + λ·(255²·MSE + perceptual_weight·perceptual(x̂, x)) + β·L_G`` for the
+      codec's step (the perceptual term only if ``perceptual`` is given);
+    * ``"d_loss"``: ``L_D`` for the discriminator's, on ``x̂`` and ``ŷ`` detached, so that it
+      trains the discriminator alone;
+    * and the terms: ``"bpp"``, ``"mse"``, ``"perceptual"``, ``"adversarial"`` (``L_G``).
+
+    The discriminator sees ``ŷ`` detached in both (HiFiC conditions it on the latent without
+    letting its loss shape the encoder). ``g_loss.backward()`` also leaves gradients in the
+    discriminator: zero them before its own step.
+    """
+    if beta < 0 or perceptual_weight < 0:
+        raise LictutorError("the adversarial and perceptual weights must be >= 0")
+    rd = RateDistortionLoss(lmbda)(out, x)
+    y_hat = out["y_hat"].detach()
+    fake = discriminator(out["x_hat"], y_hat)
+    d_loss, _ = gan_losses(discriminator(x, y_hat), discriminator(out["x_hat"].detach(), y_hat))
+    adversarial = F.softplus(-fake).mean()  # L_G of gan_losses, through x̂ only
+    p = perceptual(out["x_hat"], x) if perceptual is not None else torch.zeros((), device=x.device)
+    g_loss = rd["loss"] + lmbda * perceptual_weight * p + beta * adversarial
+    return {"g_loss": g_loss, "d_loss": d_loss, "bpp": rd["bpp"], "mse": rd["mse"], "perceptual": p,
+            "adversarial": adversarial}

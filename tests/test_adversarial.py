@@ -47,3 +47,29 @@ def test_gan_losses_are_the_non_saturating_binary_cross_entropies():
     assert g_loss.item() == pytest.approx(bce(fake, ones).item(), rel=1e-6)
     g_loss.backward()
     assert (fake.grad < 0).all()  # the generator pushes its logits up: "looks real"
+
+
+def test_hific_losses_train_the_codec_and_the_discriminator_apart():
+    from lictutor import models
+    from lictutor.adversarial import hific_losses
+
+    torch.manual_seed(0)
+    codec = models.create("generative", N=8, M=8, blocks=1)
+    disc = LatentConditionedDiscriminator(M=8, widths=(8,), latent_channels=2)
+    x = torch.rand(2, 3, 64, 64)
+    out = codec(x)
+    losses = hific_losses(out, x, disc, lmbda=0.01, beta=0.0)
+    expected = losses["bpp"] + 0.01 * 255**2 * losses["mse"]
+    assert losses["g_loss"].item() == pytest.approx(expected.item(), rel=1e-6)  # β = 0: the RD loss
+    losses = hific_losses(codec(x), x, disc, lmbda=0.01, beta=0.5, perceptual=lambda a, b: (a - b).abs().mean(),
+                          perceptual_weight=100.0)
+    assert losses["perceptual"] > 0 and losses["adversarial"] > 0
+    losses["d_loss"].backward()
+    assert all(p.grad is None for p in codec.parameters())  # the discriminator's loss leaves the codec alone
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in disc.parameters())
+    disc.zero_grad()
+    losses["g_loss"].backward()
+    assert codec.g_s[0].tail.weight.grad.abs().sum() > 0  # the texture stack learns (its tail first: it starts at zero)
+    assert codec.g_a[0].weight.grad.abs().sum() > 0
+    with pytest.raises(LictutorError, match=">= 0"):
+        hific_losses(codec(x), x, disc, lmbda=0.01, beta=-1.0)
