@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lictutor import LictutorError
-from lictutor.adversarial import LatentConditionedDiscriminator, gan_losses
+from lictutor import LictutorError, models
+from lictutor.adversarial import LatentConditionedDiscriminator, gan_losses, hific_losses
 
 
 def _disc():
@@ -50,9 +50,6 @@ def test_gan_losses_are_the_non_saturating_binary_cross_entropies():
 
 
 def test_hific_losses_train_the_codec_and_the_discriminator_apart():
-    from lictutor import models
-    from lictutor.adversarial import hific_losses
-
     torch.manual_seed(0)
     codec = models.create("generative", N=8, M=8, blocks=1)
     disc = LatentConditionedDiscriminator(M=8, widths=(8,), latent_channels=2)

@@ -3,7 +3,9 @@ import torch
 
 from lictutor import LictutorError, models
 from lictutor.checkpoint import load_weights
+from lictutor.evaluate import compress_image, decompress_image
 from lictutor.models import GenerativeHyperprior, MeanScaleHyperprior, MicrodosingStudent
+from lictutor.weight_coding import quantize_weights
 
 N, M = 16, 24
 
@@ -59,9 +61,6 @@ def test_bad_sizes_are_refused():
 
 
 def test_a_specialized_students_files_carry_its_condition_to_a_general_decoder():
-    from lictutor.evaluate import compress_image, decompress_image
-    from lictutor.weight_coding import quantize_weights
-
     torch.manual_seed(3)
     general = models.create("microdosing", N=N, M=M, width=8, condition=4).eval()
     for name, p in general.g_s.texture.named_parameters():
