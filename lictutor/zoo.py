@@ -51,7 +51,7 @@ from lictutor.errors import LictutorError
 from lictutor.train import fit_entropy_model, train  # fit_entropy_model re-exported: chapters use it from here
 
 __all__ = ["factorized_base", "factorized_model", "factorized_models", "hyperprior_model", "hyperprior_models", "hyperprior_stages",
-           "trained_model", "transforms_of", "fast_transforms_of", "FINE_TUNE_LR", "GRID_SHIFTS",
+           "trained_model", "transforms_of", "fast_transforms_of", "FAST_DRM_BLOCKS", "FINE_TUNE_LR", "GRID_SHIFTS",
            "HYPERPRIOR_FAMILIES"]
 
 #: the families trained by :func:`hyperprior_model`, on top of the factorized prior
@@ -63,6 +63,8 @@ _DATA_SETTINGS = ("images", "augment", "seed")
 #: crops fell from 25 dB to 4 dB at step 110 and took most of the 2,000 steps to climb back.
 FINE_TUNE_LR = 0.25
 FAST_DRM = {"g_a": 6, "g_s": 2}  #: where FastLIC's transforms hold their deformable residual block
+#: the names of those blocks: ``model_args={"removed": FAST_DRM_BLOCKS}`` is FastLIC without them
+FAST_DRM_BLOCKS = tuple(f"{part}.{at}" for part, at in FAST_DRM.items())
 #: every fourth pixel offset in each direction: 16 latent variants of each photo (and 16 mirrored)
 #: for :func:`lictutor.train.fit_entropy_model`, against the two of
 #: :data:`lictutor.config.DEFAULT_SHIFTS`
@@ -74,7 +76,7 @@ def transforms_of(model: nn.Module) -> dict:
     return {k: v for k, v in model.state_dict().items() if k.split(".")[0] in TRANSFORMS}
 
 
-def fast_transforms_of(model: nn.Module, seed: int = 0) -> dict:
+def fast_transforms_of(model: nn.Module, seed: int = 0, removed=()) -> dict:
     """``g_a`` and ``g_s`` for a :class:`lictutor.models.FastLIC` that compute exactly what
     ``model``'s do (a chapter-2 warm start for chapter 7).
 
@@ -83,7 +85,9 @@ def fast_transforms_of(model: nn.Module, seed: int = 0) -> dict:
     ``g_a.6`` and ``g_s.2``: ``model``'s layers before it keep their index, the later ones
     move up by one. The blocks get a fresh initialization
     (seeded by ``seed``) with their last convolution ``conv2`` at zero, so each returns its
-    input, ``x + LeakyReLU(0)``, until training moves ``conv2``.
+    input, ``x + LeakyReLU(0)``, until training moves ``conv2``. ``removed``: blocks whose
+    weights are left out, for a FastLIC built without them (``removed=FAST_DRM_BLOCKS``: the
+    transforms of ``model`` exactly, at FastLIC's indices).
     """
     state = transforms_of(model)
     try:
@@ -100,7 +104,8 @@ def fast_transforms_of(model: nn.Module, seed: int = 0) -> dict:
     for part, at in FAST_DRM.items():
         for name, value in getattr(fresh, part)[at].state_dict().items():
             out[f"{part}.{at}.{name}"] = torch.zeros_like(value) if name.startswith("conv2.") else value.clone()
-    return out
+    gone = tuple(f"{block}." for block in removed)
+    return {k: v for k, v in out.items() if not k.startswith(gone)}
 
 
 def factorized_base(budget: Budget, progress: bool = True, nonlinearity: str = "gdn", M: int | None = None,
@@ -174,7 +179,8 @@ def hyperprior_model(budget: Budget, lmbda: float, model: str = "hyperprior", pr
     to the factorized model too."""
     run = _checked_run({"out": out, "force": force})
     fit, joint = hyperprior_stages(budget, lmbda, model, **_architecture(budget, M=M), **changes)  # checked before training
-    warm_start = fast_transforms_of if model == "fast" else transforms_of
+    removed = fit.model_args.get("removed", ())
+    warm_start = (lambda m: fast_transforms_of(m, removed=removed)) if model == "fast" else transforms_of
     factorized, _ = factorized_model(budget, lmbda, progress, M=M,
                                      **{k: v for k, v in changes.items() if k in _DATA_SETTINGS})
     stage1, _ = fit_entropy_model(fit, warm_start(factorized), progress=progress)

@@ -208,6 +208,24 @@ def test_fast_student_with_a_narrower_decoder(photo):
         models.create("fast", N=N, M=M, decoder_N=0)
 
 
+def test_fast_anchor_bits_with_rounded_and_exact_means(photo):
+    """The rounded-mean bits are what the model's own likelihoods charge the anchors; with
+    means already on the integers, rounding them costs nothing."""
+    model = _model("fast-gaussian", seed=3)
+    x = _tensor(photo)
+    rounded, exact = model.anchor_bits(x)
+    with torch.no_grad():
+        anchor_likelihoods = checkerboard_split(model(x)["likelihoods"]["y"])[0]
+    assert rounded == pytest.approx(float(-torch.log2(anchor_likelihoods).sum()), rel=1e-5)
+    assert exact > 0 and exact != rounded
+    last = model.entropy_parameters_anchor[-1]
+    with torch.no_grad():  # the means' half of the anchor network's output: constant integers
+        last.weight[M:].zero_()
+        last.bias[M:] = 2.0
+    assert model.anchor_bits(x)[0] == pytest.approx(model.anchor_bits(x)[1])
+    assert model.training is False
+
+
 def test_context_model_weights_load_into_checkerboard():
     state = JointAutoregressiveHierarchicalPriors(N, M).state_dict()
     del state["context_prediction.mask"]  # the raster mask must not replace the checkerboard's

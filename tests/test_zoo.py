@@ -46,6 +46,18 @@ def test_fast_transforms_of_computes_what_the_factorized_transforms_compute():
         zoo.fast_transforms_of(models.create("fast", N=8, M=12))
 
 
+def test_fast_transforms_of_without_the_deformable_blocks_fit_fastlic_without_them():
+    torch.manual_seed(0)
+    factorized = models.create("factorized", N=8, M=12).eval()
+    plain = models.create("fast", N=8, M=12, removed=zoo.FAST_DRM_BLOCKS).eval()
+    state = zoo.fast_transforms_of(factorized, removed=zoo.FAST_DRM_BLOCKS)
+    assert set(state) == set(zoo.transforms_of(plain))
+    plain.load_state_dict(state, strict=False)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(plain.g_s(plain.g_a(x)), factorized.g_s(factorized.g_a(x)), atol=1e-6)
+
+
 def test_partial_warm_start_loads_the_transforms_and_keeps_the_rest():
     init = transforms()
     model, _ = train(TrainConfig(model="hyperprior", steps=1, frozen=("g_a", "g_s"), **TINY),

@@ -175,6 +175,25 @@ class FastLIC(CheckerboardCodec):
         )
         return logits, means, scales
 
+    @torch.no_grad()
+    def anchor_bits(self, x: Tensor) -> Tuple[float, float]:
+        """The ideal bits of the anchors of ``round(g_a(x))``, ``(rounded, exact)``: under the
+        anchors' Gaussians centred on their rounded means, as :meth:`compress` codes them (up
+        to the scale table's scales), and on their exact means, which the scale table cannot
+        hold. The difference is what rounding the means costs this model (chapter 7)."""
+        was_training = self.training
+        self.eval()
+        try:
+            y = self.g_a(x)
+            z_hat, _ = self.entropy_bottleneck(self.h_a(y))
+            scales, means = self._anchor_params(checkerboard_split(self.h_s(z_hat))[0])
+            anchors = checkerboard_split(torch.round(y))[0]
+            bits = [-torch.log2(self.gaussian_conditional.likelihood(anchors, scales, mu)).sum()
+                    for mu in (torch.round(means), means)]
+        finally:
+            self.train(was_training)
+        return float(bits[0]), float(bits[1])
+
     def _coding_means(self, means: Tensor) -> Tensor:
         return torch.round(means)
 
