@@ -21,7 +21,7 @@ one trained. Settings come from the active :class:`lictutor.budget.Budget`.
      model) trains on random crops of those latents, about ten times faster than a full step;
   2. :func:`lictutor.train.train` fine-tunes everything jointly on ``λ·D + R``.
 
-  The checkerboard models of chapter 7 take the same recipe, with chapter 3's two shifts:
+  The checkerboard models of chapter 7 take the same recipe, with chapter 4's sixteen shifts:
   ``"checkerboard"`` has chapter 2's transforms as they are, ``"fast"`` has them with a
   deformable residual block inserted in each, which starts as the identity
   (:func:`fast_transforms_of`).
@@ -203,14 +203,15 @@ def trained_model(budget: Budget, model: str, lmbda: float, progress: bool = Tru
     what ``lictutor train`` trains, so that it and the chapters share models through the cache.
 
     The factorized prior: :func:`factorized_model`; the hyperprior families:
-    :func:`hyperprior_model`, with chapter 4's sixteen shifts for ``"mean-scale"`` and
-    ``"context"``; any other model (chapter 1's ``"factorized2017"``): trained from scratch
+    :func:`hyperprior_model`, with chapter 4's sixteen shifts for every family but chapter 3's
+    ``"hyperprior"`` (``"mean-scale"``, ``"context"``, and chapter 7's ``"checkerboard"`` and
+    ``"fast"``); any other model (chapter 1's ``"factorized2017"``): trained from scratch
     with :func:`lictutor.config.budget_config`. ``options``: ``out``, ``force`` and training
     settings (``images``, ``augment``, ``seed``)."""
     if model == "factorized":
         return factorized_model(budget, lmbda, progress, **options)
     if model in HYPERPRIOR_FAMILIES:
-        shifts = {"shifts": GRID_SHIFTS} if model in ("mean-scale", "context") else {}
+        shifts = {} if model == "hyperprior" else {"shifts": GRID_SHIFTS}
         return hyperprior_model(budget, lmbda, model, progress, **shifts, **options)
     run = _checked_run(options)
     return train(budget_config(budget, lmbda, model=model, **options), progress=progress, **run)

@@ -196,6 +196,12 @@ def test_trained_model_is_the_chapters_recipe_for_each_family(monkeypatch):
     zoo.trained_model(budget, "context", 0.01, progress=False)  # chapter 4's sixteen shifts
     assert [key for key, _ in calls] == book and len(book) == 4  # base, fine-tuning, fit, joint
     calls.clear()
+    zoo.hyperprior_models(budget, "fast", progress=False, lmbdas=(0.01,), shifts=zoo.GRID_SHIFTS)
+    book = [key for key, _ in calls]
+    calls.clear()
+    zoo.trained_model(budget, "fast", 0.01, progress=False)  # chapter 7's models, sixteen shifts too
+    assert [key for key, _ in calls] == book
+    calls.clear()
     zoo.trained_model(budget, "factorized2017", 0.01, progress=False, augment=())
     assert calls == [(budget_config(budget, 0.01, model="factorized2017", augment=()).key(), {})]
 
